@@ -1,0 +1,85 @@
+"""An asyncio client and batching engine for Batch.com's audience APIs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._client import AudienceClient, CustomAudienceClient
+from ._config import Limits, PollPolicy, RetryPolicy, Timeouts
+from ._exceptions import (
+    ApiError,
+    AuthenticationError,
+    BadRequestError,
+    BatchAudienceError,
+    ClientClosedError,
+    ConnectError,
+    ForbiddenError,
+    IndexingTimeout,
+    MaintenanceError,
+    NotFoundError,
+    RateLimitError,
+    RequestTimeout,
+    ServerError,
+    TransportError,
+    UnsupportedOperation,
+    ValidationError,
+)
+from ._models import (
+    AudienceInfo,
+    IndexingState,
+    Progress,
+    ProgressCallback,
+    Record,
+    UploadReport,
+    Url,
+)
+
+__all__ = [
+    "ApiError",
+    "AudienceClient",
+    "AudienceInfo",
+    "AuthenticationError",
+    "BadRequestError",
+    "BatchAudienceError",
+    "ClientClosedError",
+    "ConnectError",
+    "CustomAudienceClient",
+    "ForbiddenError",
+    "IndexingState",
+    "IndexingTimeout",
+    "Limits",
+    "MaintenanceError",
+    "NotFoundError",
+    "PollPolicy",
+    "Progress",
+    "ProgressCallback",
+    "RateLimitError",
+    "Record",
+    "RequestTimeout",
+    "RetryPolicy",
+    "ServerError",
+    "Timeouts",
+    "TransportError",
+    "UnsupportedOperation",
+    "UploadReport",
+    "Url",
+    "ValidationError",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import version
+
+        return version("batch-audience")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("batch_audience."):
+        try:
+            _obj.__module__ = "batch_audience"
+        except (AttributeError, TypeError):
+            pass
+del _name, _obj

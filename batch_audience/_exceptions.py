@@ -1,0 +1,358 @@
+"""The error tree of batch_audience.
+
+Every exception the library raises on purpose derives from ``BatchAudienceError``::
+
+    BatchAudienceError
+    ├── ValidationError(…, ValueError)      .position .record_id .rule; raised before sending
+    ├── UnsupportedOperation                the API version lacks the operation
+    ├── TransportError                      no usable response (.retriable = True)
+    │   ├── ConnectError                    connecting, or the connection dropped
+    │   └── RequestTimeout(…, TimeoutError) the request took longer than its timeout
+    ├── ApiError                            .status .error_code .numeric_code .message .retriable
+    │   ├── BadRequestError 400
+    │   ├── AuthenticationError 401
+    │   ├── ForbiddenError 403
+    │   ├── NotFoundError 404
+    │   ├── RateLimitError 429 (.retry_after)
+    │   ├── ServerError 5xx (500, 502, 504, …)
+    │   └── MaintenanceError 503
+    ├── IndexingTimeout(…, TimeoutError)    .states: the last known state of each token
+    └── ClientClosedError(…, RuntimeError)  the client or writer was used after aclose()
+
+An error that ends an upload part-way carries ``.report``: the partial UploadReport (records
+acknowledged, tokens so far), so the caller can see what landed and resume.
+
+No message built here contains a REST key: URLs reach these classes already redacted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+
+if TYPE_CHECKING:
+    from ._models import UploadReport
+
+__all__ = [
+    "ApiError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BatchAudienceError",
+    "ClientClosedError",
+    "ConnectError",
+    "ForbiddenError",
+    "IndexingTimeout",
+    "MaintenanceError",
+    "NotFoundError",
+    "RateLimitError",
+    "RequestTimeout",
+    "ServerError",
+    "TransportError",
+    "UnsupportedOperation",
+    "ValidationError",
+]
+
+# Batch's documented numeric codes, keyed by symbolic name (spec §6.2).
+NUMERIC_CODES: Mapping[str, int] = {
+    "SERVER_ERROR": 1,
+    "MAINTENANCE_ERROR": 2,
+    "AUTHENTICATION_INVALID": 10,
+    "API_MISUSE": 12,
+    "ROUTE_NOT_FOUND": 20,
+    "MISSING_PARAMETER": 30,
+    "MALFORMED_PARAMETER": 31,
+    "MALFORMED_JSON_BODY": 32,
+}
+_SYMBOLIC_NAMES: Mapping[int, str] = {v: k for k, v in NUMERIC_CODES.items()}
+
+# Enough of a non-JSON body to tell what it was, never enough to flood a log.
+_RAW_TEXT_LIMIT = 500
+
+
+class BatchAudienceError(Exception):
+    """Root of every error raised by batch_audience."""
+
+    retriable: ClassVar[bool] = False
+    # Set on errors that end an upload: what was acknowledged before the failure.
+    report: UploadReport | None = None
+
+
+class ValidationError(BatchAudienceError, ValueError):
+    """A record or argument broke a rule; raised before anything is sent."""
+
+    def __init__(
+        self,
+        rule: str,
+        *,
+        position: int | None = None,
+        record_id: str | None = None,
+        acknowledged: int | None = None,
+    ) -> None:
+        self.rule = rule
+        self.position = position
+        self.record_id = record_id
+        # Records before this one that the server acknowledged: where to resume.
+        self.acknowledged = acknowledged
+        super().__init__(rule)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.position is not None:
+            parts.append(f"record {self.position}")
+        if self.record_id is not None:
+            parts.append(f"id {self.record_id!r}")
+        where = f"{', '.join(parts)}: " if parts else ""
+        tail = ""
+        if self.acknowledged is not None:
+            tail = f" ({self.acknowledged} earlier records were acknowledged by the server)"
+        return f"{where}{self.rule}{tail}"
+
+    def __reduce__(self) -> Any:
+        return (_rebuild_validation_error, (self.rule, self.position, self.record_id, self.acknowledged))
+
+
+def _rebuild_validation_error(
+    rule: str, position: int | None, record_id: str | None, acknowledged: int | None
+) -> ValidationError:
+    return ValidationError(rule, position=position, record_id=record_id, acknowledged=acknowledged)
+
+
+class UnsupportedOperation(BatchAudienceError):
+    """The API version in use does not have this operation."""
+
+    def __init__(self, operation: str, version: str, hint: str = "") -> None:
+        self.operation = operation
+        self.version = version
+        msg = f"{operation} is not supported by API version {version}"
+        super().__init__(f"{msg}; {hint}" if hint else msg)
+
+
+class ClientClosedError(BatchAudienceError, RuntimeError):
+    """The client or writer was used after it was closed."""
+
+
+class TransportError(BatchAudienceError):
+    """No usable response was received (connection failure, timeout, broken body)."""
+
+    retriable: ClassVar[bool] = True
+
+    def __init__(self, message: str, *, method: str = "", url: str = "", cause: str = "") -> None:
+        self.method = method
+        # Always the redacted URL: this text is meant for people and logs.
+        self.url = url
+        # The type name of the underlying exception, kept without its text (which may hold a key).
+        self.cause = cause
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        where = f" ({self.method} {self.url})" if self.method else ""
+        why = f" [{self.cause}]" if self.cause else ""
+        return f"{self.args[0]}{where}{why}"
+
+
+class ConnectError(TransportError):
+    """Connecting failed or the connection dropped before a full response arrived."""
+
+
+class RequestTimeout(TransportError, TimeoutError):
+    """The request did not complete within its timeout."""
+
+
+class ApiError(BatchAudienceError):
+    """The server answered with an error status."""
+
+    status: int = 0
+    _registry: ClassVar[dict[int, type[ApiError]]] = {}
+    _default_status: ClassVar[int | None] = None
+
+    def __init_subclass__(cls, status: int | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if status is not None:
+            cls._default_status = status
+            ApiError._registry[status] = cls
+
+    def __init__(
+        self,
+        status: int,
+        *,
+        error_code: str | None = None,
+        numeric_code: int | None = None,
+        message: str = "",
+        body: str = "",
+        method: str = "",
+        url: str = "",
+    ) -> None:
+        self.status = status
+        self.error_code = error_code
+        self.numeric_code = numeric_code
+        self.message = message
+        self.body = body
+        self.method = method
+        self.url = url
+        super().__init__(status, error_code, message)
+
+    def __str__(self) -> str:
+        code = self.error_code or "?"
+        if self.numeric_code is not None:
+            code = f"{code}/{self.numeric_code}"
+        where = f" on {self.method} {self.url}" if self.method else ""
+        msg = f": {self.message}" if self.message else ""
+        return f"HTTP {self.status} {code}{where}{msg}"
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(status={self.status}, error_code={self.error_code!r}, "
+            f"numeric_code={self.numeric_code!r}, message={self.message!r})"
+        )
+
+    def __reduce__(self) -> Any:
+        return (
+            _rebuild_api_error,
+            (type(self), self.status, self.error_code, self.numeric_code, self.message, self.body,
+             self.method, self.url),
+        )
+
+    @classmethod
+    def class_for_status(cls, status: int) -> type[ApiError]:
+        """The most specific ApiError subclass for an HTTP status."""
+        found = cls._registry.get(status)
+        if found is not None:
+            return found
+        if 500 <= status < 600:
+            return ServerError
+        return ApiError
+
+    @classmethod
+    def from_response(
+        cls,
+        status: int,
+        body: bytes | str,
+        *,
+        method: str = "",
+        url: str = "",
+        retry_after: float | None = None,
+    ) -> ApiError:
+        """Build the right ApiError subclass from an HTTP status and a raw body, leniently."""
+        error_code, numeric_code, message, text = parse_error_body(body)
+        klass = cls.class_for_status(status)
+        kwargs: dict[str, Any] = dict(
+            error_code=error_code,
+            numeric_code=numeric_code,
+            message=message,
+            body=text,
+            method=method,
+            url=url,
+        )
+        if klass is RateLimitError:
+            return RateLimitError(status, retry_after=retry_after, **kwargs)
+        err = klass(status, **kwargs)
+        if retry_after is not None:
+            err.retry_after = retry_after
+        return err
+
+    retry_after: float | None = None
+
+
+def _rebuild_api_error(
+    klass: type[ApiError],
+    status: int,
+    error_code: str | None,
+    numeric_code: int | None,
+    message: str,
+    body: str,
+    method: str,
+    url: str,
+) -> ApiError:
+    return klass(
+        status,
+        error_code=error_code,
+        numeric_code=numeric_code,
+        message=message,
+        body=body,
+        method=method,
+        url=url,
+    )
+
+
+def parse_error_body(body: bytes | str) -> tuple[str | None, int | None, str, str]:
+    """Read (error_code, numeric_code, message, text) from an error body of any shape."""
+    raw = body.encode("utf-8", "replace") if isinstance(body, str) else body
+    text = raw[:_RAW_TEXT_LIMIT].decode("utf-8", "replace")
+    try:
+        data = orjson.loads(raw) if raw.strip() else None
+    except orjson.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        return None, None, text.strip(), text
+    raw_code = data.get("error_code", data.get("code"))
+    raw_message = data.get("error_message", data.get("message"))
+    error_code: str | None = None
+    numeric_code: int | None = None
+    if isinstance(raw_code, bool):
+        raw_code = None
+    if isinstance(raw_code, int):
+        numeric_code = raw_code
+        error_code = _SYMBOLIC_NAMES.get(raw_code, str(raw_code))
+    elif isinstance(raw_code, str) and raw_code:
+        if raw_code.isdigit():
+            numeric_code = int(raw_code)
+            error_code = _SYMBOLIC_NAMES.get(numeric_code, raw_code)
+        else:
+            error_code = raw_code
+            numeric_code = NUMERIC_CODES.get(raw_code)
+    message = raw_message if isinstance(raw_message, str) else ""
+    if raw_message is not None and not isinstance(raw_message, str):
+        message = str(raw_message)
+    return error_code, numeric_code, message, text
+
+
+class BadRequestError(ApiError, status=400):
+    """HTTP 400: a missing or malformed parameter or body."""
+
+
+class AuthenticationError(ApiError, status=401):
+    """HTTP 401: the REST key (or 2.x project key) is missing or wrong."""
+
+
+class ForbiddenError(ApiError, status=403):
+    """HTTP 403: the key may not do this (1.x API_MISUSE)."""
+
+
+class NotFoundError(ApiError, status=404):
+    """HTTP 404: no such audience or route."""
+
+
+class RateLimitError(ApiError, status=429):
+    """HTTP 429: too many requests; ``retry_after`` holds the server's wait, if it gave one."""
+
+    retriable: ClassVar[bool] = True
+
+    def __init__(self, status: int = 429, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(status, **kwargs)
+        self.retry_after = retry_after
+
+
+class ServerError(ApiError, status=500):
+    """HTTP 5xx other than 503: the server failed."""
+
+    retriable: ClassVar[bool] = True
+
+
+class MaintenanceError(ApiError, status=503):
+    """HTTP 503: Batch is under maintenance; try later."""
+
+    retriable: ClassVar[bool] = True
+
+
+class IndexingTimeout(BatchAudienceError, TimeoutError):
+    """Indexing did not finish before the deadline; ``states`` holds each token's last state."""
+
+    def __init__(self, message: str, states: Mapping[str, str]) -> None:
+        self.states = dict(states)
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        pending = sum(1 for s in self.states.values() if s not in ("APPLIED", "REPLACED"))
+        return f"{self.args[0]} ({pending} of {len(self.states)} tokens not applied)"

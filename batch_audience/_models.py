@@ -1,0 +1,143 @@
+"""Data the library hands to and gets from users: records, audience info, upload reports."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final, Protocol, TypeAlias
+
+import attrs
+import cattrs
+
+__all__ = [
+    "AttributeValue",
+    "AudienceInfo",
+    "IndexingState",
+    "Progress",
+    "ProgressCallback",
+    "Record",
+    "UploadReport",
+    "Url",
+]
+
+
+class Url(str):
+    """An attribute value sent as a ``url(name)`` attribute."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"Url({str.__repr__(self)})"
+
+
+AttributeValue: TypeAlias = str | int | float | datetime | Url | Sequence[str]
+
+
+@attrs.frozen(slots=True)
+class Record:
+    """One ID with optional attributes and tags, as sent to an audience.
+
+    A ``datetime`` value (timezone-aware) is sent as a ``date(name)`` attribute, a ``Url``
+    value as ``url(name)``. Keys already in wire form (``"date(joined)"``) are sent as given.
+    """
+
+    id: str
+    attributes: Mapping[str, AttributeValue] | None = None
+    tags: Sequence[str] | None = None
+
+
+class IndexingState(enum.StrEnum):
+    """Where Batch is in applying a write (spec §2.4); unknown values stay plain strings."""
+
+    IN_PROGRESS = "IN_PROGRESS"
+    APPLIED = "APPLIED"
+    REPLACED = "REPLACED"
+
+
+DONE_STATES: Final = frozenset({IndexingState.APPLIED, IndexingState.REPLACED})
+
+
+@attrs.frozen(kw_only=True)
+class AudienceInfo:
+    """An audience as view and list report it, for every API generation."""
+
+    name: str
+    type: str
+    nb_ids: int = 0
+    indexing_state: IndexingState | str | None = None
+    created: datetime | None = None
+    updated: datetime | None = None
+    # 2.x calls the human-readable label display_name, 1.x calls it description.
+    display_name: str | None = None
+    description: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class UploadReport:
+    """What an add, remove or replace did: counts, tokens in order, time, atomicity."""
+
+    audience: str
+    operation: str
+    records: int
+    requests: int
+    tokens: tuple[str, ...] = ()
+    retries: int = 0
+    elapsed: float = 0.0  # seconds
+    # True when the whole operation was one request (a replace of at most 10,000 entries).
+    atomic: bool = True
+    # Final indexing state of each token, filled when the upload waited for indexing.
+    states: Mapping[str, IndexingState | str] | None = None
+
+    @property
+    def records_per_second(self) -> float:
+        """Acknowledged records per second of elapsed time."""
+        return self.records / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@attrs.frozen(kw_only=True)
+class Progress:
+    """An upload's progress, handed to ``progress=`` after each acknowledged request."""
+
+    audience: str
+    operation: str
+    records: int  # records acknowledged by the server so far
+    total: int | None  # records in the input, when it has a len()
+    requests: int
+    retries: int
+    elapsed: float  # seconds since the upload started
+
+
+class ProgressCallback(Protocol):
+    """What ``progress=`` takes: a callable receiving each Progress update."""
+
+    def __call__(self, progress: Progress, /) -> None:
+        """Called after each acknowledged request; must not block."""
+
+
+def parse_timestamp(value: str) -> datetime:
+    """Parse 1.x zone-less (UTC) and 2.x ``Z`` timestamps into aware UTC datetimes."""
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _structure_state(value: Any, _: Any) -> IndexingState | str | None:
+    if value is None:
+        return None
+    try:
+        return IndexingState(value)
+    except ValueError:
+        return str(value)
+
+
+def _structure_datetime(value: Any, _: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return parse_timestamp(str(value))
+
+
+converter: Final = cattrs.Converter(forbid_extra_keys=False)
+converter.register_structure_hook(datetime, _structure_datetime)
+converter.register_structure_hook(IndexingState | str | None, _structure_state)

@@ -1,0 +1,318 @@
+"""The I/O owner: one aiohttp session, auth, timeouts, the in-flight bound, retries, error mapping.
+
+Every aiohttp exception is translated here, at one boundary, into the library's own
+errors; none escapes with a URL or header inside (aiohttp's own messages can carry both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import aiohttp
+import attrs
+import orjson
+
+from ._config import Limits, RetryPolicy, Timeouts
+from ._endpoints import ApiRoute
+from ._exceptions import (
+    ApiError,
+    BatchAudienceError,
+    ClientClosedError,
+    ConnectError,
+    RequestTimeout,
+    TransportError,
+)
+from ._redact import redact_url, scrub
+
+__all__ = ["Response", "Session", "SleepFn", "parse_retry_after"]
+
+logger = logging.getLogger("batch_audience")
+
+SleepFn = Callable[[float], Awaitable[None]]
+RetryHook = Callable[[BatchAudienceError, float], None]
+
+# Responses above this are refused rather than buffered without limit.
+DEFAULT_MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024
+_READ_CHUNK: Final = 64 * 1024
+
+
+@attrs.frozen(slots=True)
+class Response:
+    """A decoded 2xx answer and how many attempts it took."""
+
+    status: int
+    data: Any
+    attempts: int
+
+
+def parse_retry_after(value: str | None, *, now: Callable[[], datetime] | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header in delta-seconds or HTTP-date form; None if unusable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if seconds == seconds and seconds != float("inf") else None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = now() if now is not None else datetime.now(UTC)
+    return max(0.0, (when - current).total_seconds())
+
+
+def is_loopback(url: str) -> bool:
+    """Whether the URL's host is this machine (127.0.0.0/8, ::1 or localhost)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Session:
+    """Sends ApiRoutes: auth headers, one bound on requests in flight, retries, typed errors."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        headers: Mapping[str, str],
+        secrets: tuple[str, ...],
+        retry: RetryPolicy,
+        timeouts: Timeouts,
+        limits: Limits,
+        session: aiohttp.ClientSession | None = None,
+        sleep: SleepFn | None = None,
+        rand: Callable[[], float] | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        ssl: Any = True,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = dict(headers)
+        self._secrets = secrets
+        self.retry = retry
+        self.limits = limits
+        self._timeout = aiohttp.ClientTimeout(total=timeouts.total, connect=timeouts.connect)
+        self._session = session
+        self._owns_session = session is None
+        self._sleep: SleepFn = sleep if sleep is not None else asyncio.sleep
+        self._rand = rand if rand is not None else random.random
+        self._max_response_bytes = max_response_bytes
+        self._ssl = ssl
+        self._semaphore = asyncio.Semaphore(limits.max_in_flight)
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once aclose() was called."""
+        return self._closed
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise ClientClosedError("the client is closed")
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self.limits.max_in_flight, ssl=self._ssl)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                json_serialize=lambda obj: orjson.dumps(obj).decode(),
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close the aiohttp session if we made it; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+
+    async def wait(self, seconds: float) -> None:
+        """Sleep through the injectable sleep (tests run with zero waits)."""
+        await self._sleep(seconds)
+
+    def retry_delay(self, retry: int, error: BatchAudienceError, policy: RetryPolicy) -> float:
+        """The wait before retry number ``retry``: the server's Retry-After, else full-jitter backoff."""
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            return float(retry_after)
+        computed = policy.backoff(retry)
+        if not policy.jitter:
+            return computed
+        # Full jitter (uniform in [0, computed]) spreads clients that failed together.
+        return computed * self._rand()
+
+    async def send(
+        self,
+        route: ApiRoute,
+        *,
+        retry: RetryPolicy | None = None,
+        on_retry: RetryHook | None = None,
+    ) -> Response:
+        """Send a route, retrying retriable failures per the policy; return the decoded 2xx answer."""
+        policy = retry or self.retry
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self._semaphore:
+                    status, data = await self._send_once(route)
+                return Response(status, data, attempt)
+            except BatchAudienceError as exc:
+                if not exc.retriable:
+                    raise
+                if attempt >= policy.max_attempts:
+                    exc.add_note(f"gave up after {attempt} attempts")
+                    raise
+                delay = self.retry_delay(attempt, exc, policy)
+                if delay > policy.max_retry_after:
+                    exc.add_note(
+                        f"gave up after {attempt} attempts: the server asked to wait {delay:.1f} s, "
+                        f"more than max_retry_after={policy.max_retry_after:g} s"
+                    )
+                    raise
+                if policy.deadline is not None and time.monotonic() - started + delay > policy.deadline:
+                    exc.add_note(
+                        f"gave up after {attempt} attempts: waiting {delay:.2f} s more would pass "
+                        f"the call's deadline of {policy.deadline:g} s"
+                    )
+                    raise
+                logger.info(
+                    "retry %s %s in %.3f s after attempt %d: %s",
+                    route.method,
+                    redact_url(route.path),
+                    delay,
+                    attempt,
+                    type(exc).__name__,
+                    extra={
+                        "event": "batch_audience.retry",
+                        "operation": route.operation,
+                        "attempt": attempt,
+                        "delay": delay,
+                        "reason": type(exc).__name__,
+                        "status": getattr(exc, "status", None),
+                    },
+                )
+                if on_retry is not None:
+                    on_retry(exc, delay)
+                await self._sleep(delay)
+
+    async def _send_once(self, route: ApiRoute) -> tuple[int, Any]:
+        http = self._http()
+        url = self.base_url + route.path
+        shown = redact_url(route.path)
+        started = time.monotonic()
+        try:
+            async with http.request(
+                route.method,
+                url,
+                params=route.query,
+                data=route.body,
+                headers=self._headers,
+                timeout=self._timeout,
+                ssl=self._ssl,
+                allow_redirects=False,
+            ) as resp:
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
+                raw = await self._read_body(resp, route, shown)
+        except BatchAudienceError:
+            raise
+        except TimeoutError:
+            raise RequestTimeout(
+                "the request timed out", method=route.method, url=shown, cause="TimeoutError"
+            ) from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
+            raise ConnectError(
+                self._describe(exc, "the connection failed"),
+                method=route.method,
+                url=shown,
+                cause=type(exc).__name__,
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise TransportError(
+                self._describe(exc, "the request failed"),
+                method=route.method,
+                url=shown,
+                cause=type(exc).__name__,
+            ) from None
+        elapsed_ms = (time.monotonic() - started) * 1000
+        logger.info(
+            "%s %s -> %d in %.1f ms",
+            route.method,
+            shown,
+            status,
+            elapsed_ms,
+            extra={
+                "event": "batch_audience.request",
+                "operation": route.operation,
+                "status": status,
+                "elapsed_ms": elapsed_ms,
+            },
+        )
+        if 200 <= status < 300:
+            return status, self._decode(raw, route, shown)
+        raise ApiError.from_response(
+            status,
+            scrub(raw.decode("utf-8", "replace"), self._secrets) if raw else "",
+            method=route.method,
+            url=shown,
+            retry_after=parse_retry_after(retry_after),
+        )
+
+    def _describe(self, exc: BaseException, fallback: str) -> str:
+        # aiohttp messages may hold the URL (and so a 1.x app key): scrub before keeping them.
+        text = scrub(str(exc), self._secrets) if str(exc) else ""
+        return f"{fallback}: {text}" if text else fallback
+
+    async def _read_body(self, resp: aiohttp.ClientResponse, route: ApiRoute, shown: str) -> bytes:
+        limit = self._max_response_bytes
+        if resp.content_length is not None and resp.content_length > limit:
+            raise TransportError(
+                f"response of {resp.content_length} bytes refused (limit {limit})",
+                method=route.method,
+                url=shown,
+            )
+        parts: list[bytes] = []
+        size = 0
+        async for part in resp.content.iter_chunked(_READ_CHUNK):
+            size += len(part)
+            if size > limit:
+                raise TransportError(
+                    f"response larger than {limit} bytes refused", method=route.method, url=shown
+                )
+            parts.append(part)
+        return b"".join(parts)
+
+    @staticmethod
+    def _decode(raw: bytes, route: ApiRoute, shown: str) -> Any:
+        if not raw.strip():
+            return {}
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise TransportError(
+                "the server answered 2xx with a body that is not JSON",
+                method=route.method,
+                url=shown,
+                cause="JSONDecodeError",
+            ) from None

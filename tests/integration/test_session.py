@@ -1,0 +1,226 @@
+"""Retries, timeouts, cancellation and session ownership, against the fake over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+import batch_audience as ba
+from batch_audience.testing import FakeBatchServer
+from tests.conftest import FAST_RETRY, RecordingSleep
+
+
+async def test_429_with_retry_after_waits_exactly_that_long(
+    client: ba.AudienceClient, fake_server: FakeBatchServer, sleep: RecordingSleep
+) -> None:
+    """A 429 with Retry-After: 7 makes the client ask for a 7 s wait, then succeed."""
+    await client.create("a")
+    fake_server.fail_next(status=429, retry_after=7)
+    await client.view("a")
+    assert sleep.calls == [7.0]
+    assert [r.status for r in fake_server.requests] == [202, 429, 200]
+
+
+async def test_retry_after_http_date_is_honoured(
+    client: ba.AudienceClient, fake_server: FakeBatchServer, sleep: RecordingSleep
+) -> None:
+    """Retry-After in HTTP-date form becomes a wait until that date."""
+    import email.utils
+
+    await client.create("a")
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    fake_server.fail_next(status=503, retry_after=when)
+    await client.view("a")
+    assert len(sleep.calls) == 1
+    assert 27.0 <= sleep.calls[0] <= 30.0
+
+
+async def test_real_retry_after_delay_is_respected(fake_server: FakeBatchServer) -> None:
+    """With the real sleep, the retry is not sent before the Retry-After delay has passed."""
+    async with ba.AudienceClient(fake_server.rest_key, fake_server.project_key, base_url=fake_server.url) as c:
+        await c.create("a")
+        fake_server.fail_next(status=429, retry_after=1)
+        await c.view("a")
+    refused, retried = fake_server.requests[-2:]
+    assert refused.status == 429
+    assert retried.received - refused.answered >= 1.0
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param({"status": 500}, id="500"),
+        pytest.param({"status": 502}, id="502"),
+        pytest.param({"status": 503}, id="503"),
+        pytest.param({"status": 504}, id="504"),
+        pytest.param({"drop": True}, id="dropped-connection"),
+    ],
+)
+async def test_transient_faults_are_retried_with_exponential_backoff(
+    client: ba.AudienceClient, fake_server: FakeBatchServer, sleep: RecordingSleep, fault: dict[str, object]
+) -> None:
+    """5xx and dropped connections are retried after 0.5, 1, 2 s (no jitter in tests)."""
+    await client.create("a")
+    fake_server.fail_next(times=3, **fault)  # type: ignore[arg-type]
+    info = await client.view("a")
+    assert info.name == "a"
+    assert sleep.calls == [0.5, 1.0, 2.0]
+
+
+async def test_a_400_is_sent_once(client: ba.AudienceClient, fake_server: FakeBatchServer, sleep: RecordingSleep) -> None:
+    """A non-retriable 4xx is raised at once, after a single request."""
+    fake_server.fail_next(status=400)
+    with pytest.raises(ba.BadRequestError):
+        await client.view("a")
+    assert len(fake_server.requests) == 1
+    assert sleep.calls == []
+
+
+async def test_full_jitter_stays_within_the_backoff(fake_server: FakeBatchServer, sleep: RecordingSleep) -> None:
+    """With jitter, each wait is the backoff times the injected random draw."""
+    policy = ba.RetryPolicy(base=1.0, factor=2.0, cap=30.0, jitter=True)
+    async with ba.AudienceClient(
+        fake_server.rest_key, fake_server.project_key, base_url=fake_server.url, retry=policy, sleep=sleep, rand=lambda: 0.25
+    ) as c:
+        await c.create("a")
+        fake_server.fail_next(status=503, times=3)
+        await c.view("a")
+    assert sleep.calls == [0.25, 0.5, 1.0]
+
+
+async def test_deadline_is_checked_before_sleeping(fake_server: FakeBatchServer, sleep: RecordingSleep) -> None:
+    """A wait that would end past the call's deadline is not started."""
+    policy = ba.RetryPolicy(base=4.0, jitter=False, deadline=5.0)
+    async with ba.AudienceClient(
+        fake_server.rest_key, fake_server.project_key, base_url=fake_server.url, retry=policy, sleep=sleep
+    ) as c:
+        fake_server.fail_next(status=503, times=5)
+        with pytest.raises(ba.MaintenanceError) as caught:
+            await c.view("a")
+    assert sleep.calls == [4.0]
+    assert "deadline" in "".join(caught.value.__notes__)
+
+
+async def test_retry_after_above_the_bound_gives_up(client: ba.AudienceClient, fake_server: FakeBatchServer, sleep: RecordingSleep) -> None:
+    """A server asking to wait longer than max_retry_after ends the retries at once."""
+    fake_server.fail_next(status=429, retry_after=3600)
+    with pytest.raises(ba.RateLimitError) as caught:
+        await client.view("a")
+    assert caught.value.retry_after == 3600
+    assert sleep.calls == []
+
+
+async def test_timeout_raises_request_timeout(fake_server: FakeBatchServer, sleep: RecordingSleep) -> None:
+    """A response slower than the total timeout raises RequestTimeout (a TimeoutError)."""
+    async with ba.AudienceClient(
+        fake_server.rest_key,
+        fake_server.project_key,
+        base_url=fake_server.url,
+        timeouts=ba.Timeouts(total=0.2),
+        retry=ba.RetryPolicy(max_attempts=1),
+        sleep=sleep,
+    ) as c:
+        fake_server.fail_next(delay=1.0)
+        with pytest.raises(ba.RequestTimeout) as caught:
+            await c.view("a")
+    assert isinstance(caught.value, TimeoutError)
+    assert "/2.8/audiences/view" in str(caught.value)
+
+
+async def test_timeout_is_retried(client: ba.AudienceClient, fake_server: FakeBatchServer, sleep: RecordingSleep) -> None:
+    """A timed-out request is retried like any transport failure."""
+    async with ba.AudienceClient(
+        fake_server.rest_key, fake_server.project_key, base_url=fake_server.url,
+        timeouts=ba.Timeouts(total=0.2), retry=FAST_RETRY, sleep=sleep,
+    ) as c:
+        await c.create("a")
+        fake_server.fail_next(delay=1.0)
+        assert (await c.view("a")).name == "a"
+    assert sleep.calls == [0.5]
+
+
+async def test_cancelling_a_call_leaves_no_task_and_no_connection(fake_server: FakeBatchServer) -> None:
+    """Cancelling mid-flight propagates CancelledError, leaves no task and no open connection."""
+    async with aiohttp.ClientSession() as http:
+        async with ba.AudienceClient(
+            fake_server.rest_key, fake_server.project_key, base_url=fake_server.url, session=http
+        ) as c:
+            await c.create("a")
+            before = asyncio.all_tasks()
+            fake_server.fail_next(delay=5.0)
+            task = asyncio.create_task(c.view("a"))
+            while fake_server.in_flight == 0:
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await asyncio.sleep(0)
+            assert asyncio.all_tasks() - before - {asyncio.current_task()} == set()
+            connector = http.connector
+            assert connector is not None
+            # The cancelled request's connection was closed, not returned to the pool.
+            assert sum(len(v) for v in connector._conns.values()) <= 1
+            assert len(connector._acquired) == 0
+
+
+async def test_a_callers_session_stays_open(fake_server: FakeBatchServer) -> None:
+    """A session handed in by the caller is used and never closed by the client."""
+    async with aiohttp.ClientSession() as http:
+        async with ba.AudienceClient(
+            fake_server.rest_key, fake_server.project_key, base_url=fake_server.url, session=http
+        ) as c:
+            await c.create("a")
+        assert c.closed
+        assert not http.closed
+        async with http.get(fake_server.url + "/nope") as resp:
+            assert resp.status in (401, 404)
+
+
+async def test_in_flight_bound_holds(fake_server: FakeBatchServer) -> None:
+    """No more than Limits.max_in_flight requests reach the server at once."""
+    async with ba.AudienceClient(
+        fake_server.rest_key, fake_server.project_key, base_url=fake_server.url, limits=ba.Limits(max_in_flight=3)
+    ) as c:
+        await c.create("a")
+        fake_server.fail_next(delay=0.1, times=10)
+        await asyncio.gather(*(c.view("a") for _ in range(10)))
+    assert fake_server.max_in_flight == 3
+
+
+async def test_closed_client_refuses_calls(fake_server: FakeBatchServer) -> None:
+    """A closed client raises ClientClosedError; aclose is idempotent."""
+    c = ba.AudienceClient(fake_server.rest_key, fake_server.project_key, base_url=fake_server.url)
+    await c.create("a")
+    await c.aclose()
+    await c.aclose()
+    with pytest.raises(ba.ClientClosedError):
+        await c.view("a")
+
+
+async def test_unclosed_client_warns() -> None:
+    """A client that opened a session and was never closed warns with ResourceWarning."""
+    import gc
+
+    async with FakeBatchServer() as server:
+        c = ba.AudienceClient(server.rest_key, server.project_key, base_url=server.url)
+        await c.create("a")
+        session = c._session._session
+        assert session is not None
+        with pytest.warns(ResourceWarning, match="unclosed AudienceClient"):
+            del c
+            gc.collect()
+        await session.close()
+
+
+async def test_connection_refused_is_a_connect_error(sleep: RecordingSleep) -> None:
+    """Nothing listening: ConnectError after the retries, without the key in its text."""
+    async with FakeBatchServer() as server:
+        url = server.url
+    async with ba.AudienceClient("k", "project_p", base_url=url, retry=FAST_RETRY, sleep=sleep) as c:
+        with pytest.raises(ba.ConnectError) as caught:
+            await c.view("a")
+    assert len(sleep.calls) == 5
+    assert caught.value.cause
