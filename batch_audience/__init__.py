@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib as _contextlib
 from typing import Any
 
 from ._client import AudienceClient, CustomAudienceClient
@@ -75,11 +76,10 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# Show the public home of each name in reprs and docs, not the private module.
 for _name in __all__:
     _obj = globals()[_name]
     if getattr(_obj, "__module__", "").startswith("batch_audience."):
-        try:
+        with _contextlib.suppress(AttributeError, TypeError):
             _obj.__module__ = "batch_audience"
-        except (AttributeError, TypeError):
-            pass
 del _name, _obj

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any, Final, Self, final
 import aiohttp
 import attrs
 
-from ._config import DEFAULT_API_VERSION, DEFAULT_BASE_URL, Limits, PollPolicy, RetryPolicy, Timeouts
+from ._config import (
+    DEFAULT_API_VERSION,
+    DEFAULT_BASE_URL,
+    Limits,
+    PollPolicy,
+    RetryPolicy,
+    Timeouts,
+)
 from ._endpoints import Endpoints, V1Endpoints, V2Endpoints, check_page_size
 from ._exceptions import ClientClosedError, ValidationError
 from ._models import AudienceInfo, IndexingState, ProgressCallback, UploadReport, converter
@@ -122,13 +129,19 @@ class _BaseClient:
         return self._session
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        if getattr(self, "_state", None) is _State.OPENED and self._session._session is not None:
-            if self._session._owns_session:
-                _warn(
-                    f"unclosed {type(self).__name__}: use 'async with' or await aclose()",
-                    ResourceWarning,
-                    stacklevel=2,
-                )
+        session = getattr(self, "_session", None)
+        if (
+            getattr(self, "_state", None) is _State.OPENED
+            and session is not None
+            and session._session is not None
+            and session._owns_session
+            and not session.closed
+        ):
+            _warn(
+                f"unclosed {type(self).__name__}: use 'async with' or await aclose()",
+                ResourceWarning,
+                stacklevel=2,
+            )
 
     @property
     def base_url(self) -> str:
@@ -220,7 +233,9 @@ class _BaseClient:
             ApiError, TransportError: a request failed for good; the error's ``.report``
                 holds what was acknowledged before it.
         """
-        return await self._upload("add", name, records, concurrency, progress, chunk_size, wait, audience_type)
+        return await self._upload(
+            "add", name, records, concurrency, progress, chunk_size, wait, audience_type
+        )
 
     async def remove(
         self,
@@ -256,7 +271,9 @@ class _BaseClient:
         Raises:
             UnsupportedOperation: Custom Audience API 1.0 has no replace.
         """
-        return await self._upload("replace", name, records, concurrency, progress, chunk_size, wait, None)
+        return await self._upload(
+            "replace", name, records, concurrency, progress, chunk_size, wait, None
+        )
 
     async def _upload(
         self,
@@ -342,7 +359,7 @@ class _BaseClient:
         on_error: ErrorHandler | None = None,
         drain_timeout: float = 30.0,
     ) -> AudienceWriter:
-        """A buffered writer for event consumers: size/age flushing, backpressure, no lost entries."""
+        """A buffered writer for event consumers: size/age flushes, backpressure, nothing lost."""
         from ._writer import AudienceWriter
 
         self._open()
@@ -424,7 +441,8 @@ class AudienceClient(_BaseClient):
 
     def __repr__(self) -> str:
         return (
-            f"AudienceClient(base_url={redact_url(self.base_url)!r}, api_version={self.api_version!r}, "
+            f"AudienceClient(base_url={redact_url(self.base_url)!r}, "
+            f"api_version={self.api_version!r}, "
             f"rest_key={mask(True)}, project_key={mask(True)}, state={self._state.value!r})"
         )
 
@@ -444,7 +462,7 @@ class AudienceClient(_BaseClient):
 
 @final
 class CustomAudienceClient(_BaseClient):
-    """Client of Batch's app-scoped Custom Audience API 1.0 (custom/advertising IDs) or 1.1 (install IDs)."""
+    """Client of Batch's app-scoped Custom Audience API 1.0 (custom IDs) or 1.1 (install IDs)."""
 
     def __init__(
         self,
@@ -490,7 +508,8 @@ class CustomAudienceClient(_BaseClient):
 
     def __repr__(self) -> str:
         return (
-            f"CustomAudienceClient(base_url={redact_url(self.base_url)!r}, version={self.version!r}, "
+            f"CustomAudienceClient(base_url={redact_url(self.base_url)!r}, "
+            f"version={self.version!r}, "
             f"api_key={mask(True)}, rest_key={mask(True)}, state={self._state.value!r})"
         )
 
@@ -511,7 +530,9 @@ class CustomAudienceClient(_BaseClient):
         assert isinstance(self._endpoints, V1Endpoints)
         if self._endpoints.version != "1.0":
             if audience_type is not None:
-                raise ValidationError("audience_type is only needed by Custom Audience API 1.0 uploads")
+                raise ValidationError(
+                    "audience_type is only needed by Custom Audience API 1.0 uploads"
+                )
             return None
         if audience_type is None:
             # 1.0 PATCH bodies must name the audience's type: ask the server once.

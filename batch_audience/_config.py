@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Any, Final
 
 import attrs
 
@@ -36,29 +36,29 @@ DEFAULT_CONNECT_TIMEOUT: Final = 10.0  # seconds
 DEFAULT_TOTAL_TIMEOUT: Final = 60.0  # seconds, one attempt of one request
 
 
-def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+def _non_negative(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
         raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
 
 
-def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+def _positive(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
         raise ValueError(f"{attribute.name} must be a finite number > 0, got {value!r}")
 
 
-def _optional_positive(_: object, attribute: attrs.Attribute[float | None], value: float | None) -> None:
+def _optional_positive(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None:
-        _positive(_, attribute, value)  # type: ignore[arg-type]
+        _positive(_, attribute, value)
 
 
-def _at_least_one(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+def _at_least_one(_: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not (isinstance(value, int | float) and value >= 1):
         raise ValueError(f"{attribute.name} must be >= 1, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
 class RetryPolicy:
-    """How one request is retried: full-jitter exponential backoff, capped, bounded in attempts and time.
+    """How one request is retried: full-jitter exponential backoff, bounded in attempts and time.
 
     Retried: 429, 500, 502, 503, 504, connection failures and timeouts (spec §7). A Retry-After
     header replaces the computed wait of that attempt. ``deadline`` bounds the whole call,
@@ -105,7 +105,7 @@ class Limits:
 
 @attrs.frozen(kw_only=True)
 class Timeouts:
-    """Per-attempt timeouts, in seconds: ``connect`` to get a connection, ``total`` for one request."""
+    """Per-attempt timeouts in seconds: ``connect`` for a connection, ``total`` for one request."""
 
     connect: float | None = attrs.field(
         default=DEFAULT_CONNECT_TIMEOUT, validator=_optional_positive

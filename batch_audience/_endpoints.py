@@ -38,7 +38,9 @@ class ApiRoute:
 def check_page_size(limit: int) -> int:
     """A list page size must be an int in 1..100 (spec §3.4, §5.7)."""
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
-        raise ValidationError(f"page_size must be an integer from 1 to {MAX_PAGE_SIZE}, got {limit!r}")
+        raise ValidationError(
+            f"page_size must be an integer from 1 to {MAX_PAGE_SIZE}, got {limit!r}"
+        )
     return limit
 
 
@@ -77,13 +79,17 @@ class Endpoints:
         """The route that deletes the whole audience."""
         raise NotImplementedError
 
-    def update(self, name: str, entries: Sequence[Mapping[str, Any]], audience_type: str | None) -> ApiRoute:
+    def update(
+        self, name: str, entries: Sequence[Mapping[str, Any]], audience_type: str | None
+    ) -> ApiRoute:
         """The add/remove route for at most 10,000 wire entries."""
         raise NotImplementedError
 
     def replace(self, name: str, entries: Sequence[Mapping[str, Any]]) -> ApiRoute:
         """The replace route for at most 10,000 wire entries."""
-        raise UnsupportedOperation("replace", self.version, "use Custom Audience API 1.1 or Audience API 2.x")
+        raise UnsupportedOperation(
+            "replace", self.version, "use Custom Audience API 1.1 or Audience API 2.x"
+        )
 
     @property
     def supports_replace(self) -> bool:
@@ -100,7 +106,9 @@ class V1Endpoints(Endpoints):
 
     def __attrs_post_init__(self) -> None:
         if self.version not in _V1_TYPES:
-            raise ValidationError(f"Custom Audience API version must be '1.0' or '1.1', got {self.version!r}")
+            raise ValidationError(
+                f"Custom Audience API version must be '1.0' or '1.1', got {self.version!r}"
+            )
         if not isinstance(self.api_key, str) or not self.api_key or "/" in self.api_key:
             raise ValidationError("api_key must be a non-empty app API key without '/'")
 
@@ -145,7 +153,8 @@ class V1Endpoints(Endpoints):
     ) -> ApiRoute:
         if display_name is not None:
             raise ValidationError(
-                "display_name is an Audience API 2.x argument; Custom Audience API 1.x takes description"
+                "display_name is an Audience API 2.x argument; "
+                "Custom Audience API 1.x takes description"
             )
         path = self._one(name)
         body: dict[str, str] = {"type": self.check_type(audience_type or self.default_type())}
@@ -167,7 +176,9 @@ class V1Endpoints(Endpoints):
     def delete(self, name: str) -> ApiRoute:
         return ApiRoute("delete", "DELETE", self._one(name))
 
-    def update(self, name: str, entries: Sequence[Mapping[str, Any]], audience_type: str | None) -> ApiRoute:
+    def update(
+        self, name: str, entries: Sequence[Mapping[str, Any]], audience_type: str | None
+    ) -> ApiRoute:
         body: dict[str, Any] = {"ids": entries}
         if self.version == "1.0":
             # 1.0 PATCH names the audience's type in every body (spec §3.2).
@@ -189,7 +200,9 @@ class V2Endpoints(Endpoints):
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.version, str) or not _V2_VERSION.match(self.version):
-            raise ValidationError(f"Audience API version must look like '2.8', got {self.version!r}")
+            raise ValidationError(
+                f"Audience API version must look like '2.8', got {self.version!r}"
+            )
         if not isinstance(self.project_key, str) or not self.project_key:
             raise ValidationError("project_key must be a non-empty string")
 
@@ -217,9 +230,12 @@ class V2Endpoints(Endpoints):
     ) -> ApiRoute:
         if description is not None:
             raise ValidationError(
-                "description is a Custom Audience API 1.x argument; Audience API 2.x takes display_name"
+                "description is a Custom Audience API 1.x argument; "
+                "Audience API 2.x takes display_name"
             )
-        kind = "custom_ids" if audience_type is None else _check_text("audience_type", audience_type)
+        kind = (
+            "custom_ids" if audience_type is None else _check_text("audience_type", audience_type)
+        )
         if not kind:
             raise ValidationError("audience_type must be a non-empty string")
         body = {"name": check_audience_name(name), "type": kind}
@@ -244,7 +260,9 @@ class V2Endpoints(Endpoints):
         body = orjson.dumps({"name": check_audience_name(name)})
         return ApiRoute("delete", "POST", self._path("remove"), body=body)
 
-    def update(self, name: str, entries: Sequence[Mapping[str, Any]], audience_type: str | None) -> ApiRoute:
+    def update(
+        self, name: str, entries: Sequence[Mapping[str, Any]], audience_type: str | None
+    ) -> ApiRoute:
         body = orjson.dumps({"name": check_audience_name(name), "ids": entries})
         return ApiRoute("update", "POST", self._path("update"), body=body)
 

@@ -110,7 +110,10 @@ class ValidationError(BatchAudienceError, ValueError):
         return f"{where}{self.rule}{tail}"
 
     def __reduce__(self) -> Any:
-        return (_rebuild_validation_error, (self.rule, self.position, self.record_id, self.acknowledged))
+        return (
+            _rebuild_validation_error,
+            (self.rule, self.position, self.record_id, self.acknowledged),
+        )
 
 
 def _rebuild_validation_error(
@@ -210,8 +213,16 @@ class ApiError(BatchAudienceError):
     def __reduce__(self) -> Any:
         return (
             _rebuild_api_error,
-            (type(self), self.status, self.error_code, self.numeric_code, self.message, self.body,
-             self.method, self.url),
+            (
+                type(self),
+                self.status,
+                self.error_code,
+                self.numeric_code,
+                self.message,
+                self.body,
+                self.method,
+                self.url,
+            ),
         )
 
     @classmethod
@@ -329,7 +340,9 @@ class RateLimitError(ApiError, status=429):
 
     retriable: ClassVar[bool] = True
 
-    def __init__(self, status: int = 429, *, retry_after: float | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, status: int = 429, *, retry_after: float | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(status, **kwargs)
         self.retry_after = retry_after
 

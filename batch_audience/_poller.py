@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from typing import Any
 
 import attrs
 
@@ -104,7 +105,7 @@ async def wait_applied(
     return states
 
 
-async def _all(check: Callable[[str], Awaitable[None]], tokens: list[str]) -> None:
+async def _all(check: Callable[[str], Coroutine[Any, Any, None]], tokens: list[str]) -> None:
     """Run check for every token at once (the session bounds what is in flight)."""
     try:
         async with asyncio.TaskGroup() as group:

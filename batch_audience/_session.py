@@ -54,8 +54,10 @@ class Response:
     attempts: int
 
 
-def parse_retry_after(value: str | None, *, now: Callable[[], datetime] | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header in delta-seconds or HTTP-date form; None if unusable."""
+def parse_retry_after(
+    value: str | None, *, now: Callable[[], datetime] | None = None
+) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if unusable."""
     if value is None:
         return None
     value = value.strip()
@@ -150,7 +152,7 @@ class Session:
         await self._sleep(seconds)
 
     def retry_delay(self, retry: int, error: BatchAudienceError, policy: RetryPolicy) -> float:
-        """The wait before retry number ``retry``: the server's Retry-After, else full-jitter backoff."""
+        """The wait before retry ``retry``: the server's Retry-After, else full-jitter backoff."""
         retry_after = getattr(error, "retry_after", None)
         if retry_after is not None:
             return float(retry_after)
@@ -167,7 +169,7 @@ class Session:
         retry: RetryPolicy | None = None,
         on_retry: RetryHook | None = None,
     ) -> Response:
-        """Send a route, retrying retriable failures per the policy; return the decoded 2xx answer."""
+        """Send a route, retrying retriable failures per the policy; return the 2xx answer."""
         policy = retry or self.retry
         started = time.monotonic()
         attempt = 0
@@ -186,11 +188,15 @@ class Session:
                 delay = self.retry_delay(attempt, exc, policy)
                 if delay > policy.max_retry_after:
                     exc.add_note(
-                        f"gave up after {attempt} attempts: the server asked to wait {delay:.1f} s, "
+                        f"gave up after {attempt} attempts: the server asked to wait "
+                        f"{delay:.1f} s, "
                         f"more than max_retry_after={policy.max_retry_after:g} s"
                     )
                     raise
-                if policy.deadline is not None and time.monotonic() - started + delay > policy.deadline:
+                if (
+                    policy.deadline is not None
+                    and time.monotonic() - started + delay > policy.deadline
+                ):
                     exc.add_note(
                         f"gave up after {attempt} attempts: waiting {delay:.2f} s more would pass "
                         f"the call's deadline of {policy.deadline:g} s"

@@ -78,8 +78,14 @@ def check_concurrency(concurrency: int) -> int:
 
 def check_chunk_size(chunk_size: int) -> int:
     """A chunk holds 1 to 10,000 entries (spec §2.3)."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_ENTRIES:
-        raise ValidationError(f"chunk_size must be an integer from 1 to {MAX_ENTRIES}, got {chunk_size!r}")
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, int)
+        or not 1 <= chunk_size <= MAX_ENTRIES
+    ):
+        raise ValidationError(
+            f"chunk_size must be an integer from 1 to {MAX_ENTRIES}, got {chunk_size!r}"
+        )
     return chunk_size
 
 
@@ -106,7 +112,9 @@ async def run_upload(
     check_concurrency(concurrency)
     check_chunk_size(chunk_size)
     if operation == "replace" and not endpoints.supports_replace:
-        raise UnsupportedOperation("replace", endpoints.version, "use Custom Audience API 1.1 or Audience API 2.x")
+        raise UnsupportedOperation(
+            "replace", endpoints.version, "use Custom Audience API 1.1 or Audience API 2.x"
+        )
     total = _length(source)
     # A replace streams as adds; its first chunk drops the action and goes to the replace route.
     encoder = EntryEncoder(endpoints.generation, "add" if operation == "replace" else operation)

@@ -50,7 +50,9 @@ async def fake_server() -> AsyncIterator[FakeBatchServer]:
 
 
 @pytest.fixture
-async def client(fake_server: FakeBatchServer, sleep: RecordingSleep) -> AsyncIterator[ba.AudienceClient]:
+async def client(
+    fake_server: FakeBatchServer, sleep: RecordingSleep
+) -> AsyncIterator[ba.AudienceClient]:
     """An Audience API 2.x client of the fake server, with zero-wait retries."""
     async with ba.AudienceClient(
         fake_server.rest_key,

@@ -10,9 +10,13 @@ from batch_audience.testing import FakeBatchServer
 from tests.conftest import RecordingSleep
 
 
-async def test_bad_rest_key_is_authentication_invalid(fake_server: FakeBatchServer, sleep: RecordingSleep) -> None:
+async def test_bad_rest_key_is_authentication_invalid(
+    fake_server: FakeBatchServer, sleep: RecordingSleep
+) -> None:
     """A wrong REST key answers 401 AUTHENTICATION_INVALID (10), and it is not retried."""
-    async with ba.AudienceClient("wrong-key", fake_server.project_key, base_url=fake_server.url, sleep=sleep) as c:
+    async with ba.AudienceClient(
+        "wrong-key", fake_server.project_key, base_url=fake_server.url, sleep=sleep
+    ) as c:
         with pytest.raises(ba.AuthenticationError) as caught:
             await c.view("x")
     err = caught.value
@@ -21,9 +25,13 @@ async def test_bad_rest_key_is_authentication_invalid(fake_server: FakeBatchServ
     assert sleep.calls == []
 
 
-async def test_bad_project_key_is_authentication_invalid(fake_server: FakeBatchServer, sleep: RecordingSleep) -> None:
+async def test_bad_project_key_is_authentication_invalid(
+    fake_server: FakeBatchServer, sleep: RecordingSleep
+) -> None:
     """A wrong 2.x project key answers 401 too."""
-    async with ba.AudienceClient(fake_server.rest_key, "project_nope", base_url=fake_server.url, sleep=sleep) as c:
+    async with ba.AudienceClient(
+        fake_server.rest_key, "project_nope", base_url=fake_server.url, sleep=sleep
+    ) as c:
         with pytest.raises(ba.AuthenticationError):
             await c.create("x")
 
@@ -58,16 +66,27 @@ async def _raw(server: FakeBatchServer, method: str, path: str, **kwargs: object
         "X-Batch-Project": server.project_key,
         "Content-Type": "application/json",
     }
-    async with aiohttp.ClientSession() as http, http.request(method, server.url + path, headers=headers, **kwargs) as resp:  # type: ignore[arg-type]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(method, server.url + path, headers=headers, **kwargs) as resp,
+    ):  # type: ignore[arg-type]
         return ba.ApiError.from_response(resp.status, await resp.read())
 
 
 async def test_missing_parameter_and_malformed_json(fake_server: FakeBatchServer) -> None:
     """A missing field answers MISSING_PARAMETER (30), a broken body MALFORMED_JSON_BODY (32)."""
     missing = await _raw(fake_server, "POST", "/2.8/audiences/create", data=b"{}")
-    assert (missing.status, missing.error_code, missing.numeric_code) == (400, "MISSING_PARAMETER", 30)
+    assert (missing.status, missing.error_code, missing.numeric_code) == (
+        400,
+        "MISSING_PARAMETER",
+        30,
+    )
     broken = await _raw(fake_server, "POST", "/2.8/audiences/create", data=b"{not json")
-    assert (broken.status, broken.error_code, broken.numeric_code) == (400, "MALFORMED_JSON_BODY", 32)
+    assert (broken.status, broken.error_code, broken.numeric_code) == (
+        400,
+        "MALFORMED_JSON_BODY",
+        32,
+    )
 
 
 async def test_unknown_route_is_route_not_found(fake_server: FakeBatchServer) -> None:
@@ -85,7 +104,11 @@ async def test_unknown_route_is_route_not_found(fake_server: FakeBatchServer) ->
     ],
 )
 async def test_server_faults_raise_typed_errors_after_retries(
-    client: ba.AudienceClient, fake_server: FakeBatchServer, status: int, klass: type[ba.ApiError], code: str
+    client: ba.AudienceClient,
+    fake_server: FakeBatchServer,
+    status: int,
+    klass: type[ba.ApiError],
+    code: str,
 ) -> None:
     """Retriable faults that persist past max_attempts raise the last error, with a note."""
     fake_server.fail_next(status=status, times=6)
@@ -112,10 +135,14 @@ async def test_non_json_error_body(client: ba.AudienceClient, fake_server: FakeB
         pytest.param(lambda c: c.create("bad name!"), "name", id="name-chars"),
         pytest.param(lambda c: c.create("x" * 256), "name", id="name-too-long"),
         pytest.param(lambda c: c.create(""), "name", id="name-empty"),
-        pytest.param(lambda c: c.create("ok", description="1.x only"), "description", id="1x-arg-on-2x"),
+        pytest.param(
+            lambda c: c.create("ok", description="1.x only"), "description", id="1x-arg-on-2x"
+        ),
         pytest.param(lambda c: c.view("ok", token=5), "token", id="token-type"),
         pytest.param(lambda c: c.add("ok", ["a"], concurrency=0), "concurrency", id="concurrency"),
-        pytest.param(lambda c: c.add("ok", ["a"], chunk_size=10_001), "chunk_size", id="chunk-size"),
+        pytest.param(
+            lambda c: c.add("ok", ["a"], chunk_size=10_001), "chunk_size", id="chunk-size"
+        ),
     ],
 )
 async def test_bad_input_is_refused_before_sending(
@@ -128,7 +155,9 @@ async def test_bad_input_is_refused_before_sending(
 
 
 @pytest.mark.parametrize("page_size", [0, 101, -1, True])
-async def test_list_page_size_out_of_range(client: ba.AudienceClient, fake_server: FakeBatchServer, page_size: int) -> None:
+async def test_list_page_size_out_of_range(
+    client: ba.AudienceClient, fake_server: FakeBatchServer, page_size: int
+) -> None:
     """A list page size outside 1..100 raises at the call, before any request."""
     with pytest.raises(ba.ValidationError, match="page_size"):
         client.list(page_size=page_size)
@@ -144,7 +173,9 @@ async def test_list_page_size_out_of_range(client: ba.AudienceClient, fake_serve
         pytest.param(lambda: ba.CustomAudienceClient("", "k"), id="empty-app-key"),
         pytest.param(lambda: ba.CustomAudienceClient("app", "k", version="1.2"), id="bad-version"),
         pytest.param(lambda: ba.AudienceClient("k", "p", api_version="3.0"), id="bad-2x-version"),
-        pytest.param(lambda: ba.AudienceClient("k", "p", base_url="http://api.example.com"), id="plain-http"),
+        pytest.param(
+            lambda: ba.AudienceClient("k", "p", base_url="http://api.example.com"), id="plain-http"
+        ),
         pytest.param(lambda: ba.AudienceClient("k\n", "p"), id="newline-in-key"),
     ],
 )
@@ -156,5 +187,7 @@ def test_bad_construction_is_a_validation_error(make: object) -> None:
 
 def test_plain_http_to_a_remote_host_can_be_allowed() -> None:
     """allow_insecure_http=True is the explicit opt-in for plain http."""
-    client = ba.AudienceClient("k", "p", base_url="http://api.example.com", allow_insecure_http=True)
+    client = ba.AudienceClient(
+        "k", "p", base_url="http://api.example.com", allow_insecure_http=True
+    )
     assert client.base_url == "http://api.example.com"

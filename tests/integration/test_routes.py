@@ -16,7 +16,12 @@ async def test_v2_lifecycle(client: ba.AudienceClient, fake_server: FakeBatchSer
     token = await client.create("winback", display_name="Win-back Q3")
     assert token is not None and len(token) == 32
     info = await client.view("winback")
-    assert (info.name, info.type, info.nb_ids, info.display_name) == ("winback", "CUSTOM_ID", 0, "Win-back Q3")
+    assert (info.name, info.type, info.nb_ids, info.display_name) == (
+        "winback",
+        "CUSTOM_ID",
+        0,
+        "Win-back Q3",
+    )
     assert info.created is not None and info.created.tzinfo is not None
 
     report = await client.add("winback", [ba.Record("C-1", attributes={"score": 3}), "C-2"])
@@ -35,7 +40,9 @@ async def test_v2_lifecycle(client: ba.AudienceClient, fake_server: FakeBatchSer
     assert replaced.atomic
     assert set(fake_server.members("winback")) == {"C-9"}
     # The token of the earlier add now reports REPLACED.
-    assert (await client.view("winback", token=report.tokens[0])).indexing_state == ba.IndexingState.REPLACED
+    assert (
+        await client.view("winback", token=report.tokens[0])
+    ).indexing_state == ba.IndexingState.REPLACED
 
     assert isinstance(await client.delete("winback"), str)
     with pytest.raises(ba.NotFoundError) as caught:
@@ -53,7 +60,9 @@ async def test_v2_list_pages_through_every_audience(client: ba.AudienceClient) -
 
 
 @pytest.mark.parametrize("version", ["1.0", "1.1"])
-async def test_v1_lifecycle(fake_server: FakeBatchServer, sleep: RecordingSleep, version: str) -> None:
+async def test_v1_lifecycle(
+    fake_server: FakeBatchServer, sleep: RecordingSleep, version: str
+) -> None:
     """1.x create, add, view, remove, list and delete work against the fake."""
     async with make_v1_client(fake_server, version, sleep) as c:
         assert await c.create("vip", description="VIPs") is None
@@ -83,11 +92,15 @@ async def test_v1_list_pages_by_offset(fake_server: FakeBatchServer, sleep: Reco
         assert [i.name async for i in c.list(page_size=5)] == ["a4", "a3", "a2", "a1", "a0"]
 
 
-async def test_v11_attributes_tags_and_replace(client_v11: ba.CustomAudienceClient, fake_server: FakeBatchServer) -> None:
+async def test_v11_attributes_tags_and_replace(
+    client_v11: ba.CustomAudienceClient, fake_server: FakeBatchServer
+) -> None:
     """1.1 sends typed attributes and tags, and PUT replace installs exactly the given members."""
     await client_v11.create("inst")
     when = datetime(2024, 1, 2, 10, 0, tzinfo=UTC)
-    await client_v11.add("inst", [ba.Record("I-1", attributes={"tier": 3, "last_seen": when}, tags=["vip"])])
+    await client_v11.add(
+        "inst", [ba.Record("I-1", attributes={"tier": 3, "last_seen": when}, tags=["vip"])]
+    )
     member = fake_server.members("inst", api_key=fake_server.api_key)["I-1"]
     assert member.attributes == {"tier": 3, "date(last_seen)": "2024-01-02T10:00:00Z"}
     assert member.tags == ("vip",)
@@ -95,7 +108,9 @@ async def test_v11_attributes_tags_and_replace(client_v11: ba.CustomAudienceClie
     assert set(fake_server.members("inst", api_key=fake_server.api_key)) == {"I-2", "I-3"}
 
 
-async def test_v10_upload_learns_the_audience_type(client_v10: ba.CustomAudienceClient, fake_server: FakeBatchServer) -> None:
+async def test_v10_upload_learns_the_audience_type(
+    client_v10: ba.CustomAudienceClient, fake_server: FakeBatchServer
+) -> None:
     """A 1.0 upload looks the audience type up once when not given, then PATCHes with it."""
     await client_v10.create("ads", audience_type="advertising_ids")
     await client_v10.add("ads", ["idfa-1"])
@@ -104,17 +119,28 @@ async def test_v10_upload_learns_the_audience_type(client_v10: ba.CustomAudience
     assert methods == ["POST", "GET", "PATCH"]
 
 
-async def test_v10_has_no_replace(client_v10: ba.CustomAudienceClient, fake_server: FakeBatchServer) -> None:
+async def test_v10_has_no_replace(
+    client_v10: ba.CustomAudienceClient, fake_server: FakeBatchServer
+) -> None:
     """1.0 replace raises UnsupportedOperation before any request."""
     with pytest.raises(ba.UnsupportedOperation, match="1.0"):
         await client_v10.replace("x", ["a"])
     assert fake_server.requests == []
 
 
-async def test_wrong_generation_route_is_api_misuse(fake_server: FakeBatchServer, sleep: RecordingSleep) -> None:
+async def test_wrong_generation_route_is_api_misuse(
+    fake_server: FakeBatchServer, sleep: RecordingSleep
+) -> None:
     """A 1.0 call on an audience created through 1.1 answers 403 API_MISUSE."""
-    async with make_v1_client(fake_server, "1.1", sleep) as c11, make_v1_client(fake_server, "1.0", sleep) as c10:
+    async with (
+        make_v1_client(fake_server, "1.1", sleep) as c11,
+        make_v1_client(fake_server, "1.0", sleep) as c10,
+    ):
         await c11.create("inst")
         with pytest.raises(ba.ForbiddenError) as caught:
             await c10.view("inst")
-    assert (caught.value.status, caught.value.error_code, caught.value.numeric_code) == (403, "API_MISUSE", 12)
+    assert (caught.value.status, caught.value.error_code, caught.value.numeric_code) == (
+        403,
+        "API_MISUSE",
+        12,
+    )

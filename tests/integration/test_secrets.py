@@ -51,8 +51,12 @@ async def test_no_key_in_errors_reprs_or_debug_logs(
     caplog.set_level(logging.DEBUG)
     errors: list[BaseException] = []
     v2 = ba.AudienceClient(REST, PROJECT, base_url=canary_server.url, retry=FAST_RETRY, sleep=sleep)
-    v10 = ba.CustomAudienceClient(APP, REST, version="1.0", base_url=canary_server.url, retry=FAST_RETRY, sleep=sleep)
-    v11 = ba.CustomAudienceClient(APP, REST, version="1.1", base_url=canary_server.url, retry=FAST_RETRY, sleep=sleep)
+    v10 = ba.CustomAudienceClient(
+        APP, REST, version="1.0", base_url=canary_server.url, retry=FAST_RETRY, sleep=sleep
+    )
+    v11 = ba.CustomAudienceClient(
+        APP, REST, version="1.1", base_url=canary_server.url, retry=FAST_RETRY, sleep=sleep
+    )
     async with v2, v10, v11:
         for c in (v2, v10, v11):
             assert_clean(repr(c))
@@ -60,9 +64,15 @@ async def test_no_key_in_errors_reprs_or_debug_logs(
         await v11.create("b")
         # (fault, times): retriable faults repeat past the six attempts so they surface.
         faults: list[tuple[dict[str, object], int]] = [
-            ({"status": 400}, 1), ({"status": 401}, 1), ({"status": 403}, 1), ({"status": 404}, 1),
-            ({"status": 429, "retry_after": 1}, 6), ({"status": 500}, 6), ({"status": 503}, 6),
-            ({"drop": True}, 6), ({"body": b"<html>" + REST.encode() + b"</html>", "status": 502}, 6),
+            ({"status": 400}, 1),
+            ({"status": 401}, 1),
+            ({"status": 403}, 1),
+            ({"status": 404}, 1),
+            ({"status": 429, "retry_after": 1}, 6),
+            ({"status": 500}, 6),
+            ({"status": 503}, 6),
+            ({"drop": True}, 6),
+            ({"body": b"<html>" + REST.encode() + b"</html>", "status": 502}, 6),
         ]
         for client, name in ((v2, "a"), (v10, "zz"), (v11, "b")):
             for fault, times in faults:
@@ -77,8 +87,13 @@ async def test_no_key_in_errors_reprs_or_debug_logs(
                 errors.append(exc)
         # Failures raised inside aiohttp: a timeout and a refused connection.
         async with ba.CustomAudienceClient(
-            APP, REST, version="1.1", base_url=canary_server.url, timeouts=ba.Timeouts(total=0.05),
-            retry=ba.RetryPolicy(max_attempts=1), sleep=sleep,
+            APP,
+            REST,
+            version="1.1",
+            base_url=canary_server.url,
+            timeouts=ba.Timeouts(total=0.05),
+            retry=ba.RetryPolicy(max_attempts=1),
+            sleep=sleep,
         ) as slow:
             canary_server.fail_next(delay=0.5)
             with pytest.raises(ba.RequestTimeout) as caught:
@@ -86,7 +101,12 @@ async def test_no_key_in_errors_reprs_or_debug_logs(
             errors.append(caught.value)
             assert_clean(repr(slow))
     async with ba.CustomAudienceClient(
-        APP, REST, version="1.1", base_url="http://127.0.0.1:9", retry=ba.RetryPolicy(max_attempts=1), sleep=sleep
+        APP,
+        REST,
+        version="1.1",
+        base_url="http://127.0.0.1:9",
+        retry=ba.RetryPolicy(max_attempts=1),
+        sleep=sleep,
     ) as dead:
         with pytest.raises(ba.ConnectError) as refused:
             await dead.view("b")
@@ -98,9 +118,19 @@ async def test_no_key_in_errors_reprs_or_debug_logs(
     errors.append(closed_err.value)
 
     kinds = {type(e) for e in errors}
-    assert {ba.BadRequestError, ba.AuthenticationError, ba.ForbiddenError, ba.NotFoundError,
-            ba.RateLimitError, ba.ServerError, ba.MaintenanceError, ba.ConnectError,
-            ba.RequestTimeout, ba.ValidationError, ba.ClientClosedError} <= kinds
+    assert {
+        ba.BadRequestError,
+        ba.AuthenticationError,
+        ba.ForbiddenError,
+        ba.NotFoundError,
+        ba.RateLimitError,
+        ba.ServerError,
+        ba.MaintenanceError,
+        ba.ConnectError,
+        ba.RequestTimeout,
+        ba.ValidationError,
+        ba.ClientClosedError,
+    } <= kinds
     for err in errors:
         check_error(err)
     assert caplog.records, "the client should log its requests"
@@ -111,5 +141,8 @@ async def test_no_key_in_errors_reprs_or_debug_logs(
 
 def test_other_errors_render_clean() -> None:
     """Errors built directly (UnsupportedOperation, IndexingTimeout) render without keys."""
-    for err in (ba.UnsupportedOperation("replace", "1.0"), ba.IndexingTimeout("slow", {"t": "IN_PROGRESS"})):
+    for err in (
+        ba.UnsupportedOperation("replace", "1.0"),
+        ba.IndexingTimeout("slow", {"t": "IN_PROGRESS"}),
+    ):
         check_error(err)

@@ -40,7 +40,9 @@ async def test_retry_after_http_date_is_honoured(
 
 async def test_real_retry_after_delay_is_respected(fake_server: FakeBatchServer) -> None:
     """With the real sleep, the retry is not sent before the Retry-After delay has passed."""
-    async with ba.AudienceClient(fake_server.rest_key, fake_server.project_key, base_url=fake_server.url) as c:
+    async with ba.AudienceClient(
+        fake_server.rest_key, fake_server.project_key, base_url=fake_server.url
+    ) as c:
         await c.create("a")
         fake_server.fail_next(status=429, retry_after=1)
         await c.view("a")
@@ -60,7 +62,10 @@ async def test_real_retry_after_delay_is_respected(fake_server: FakeBatchServer)
     ],
 )
 async def test_transient_faults_are_retried_with_exponential_backoff(
-    client: ba.AudienceClient, fake_server: FakeBatchServer, sleep: RecordingSleep, fault: dict[str, object]
+    client: ba.AudienceClient,
+    fake_server: FakeBatchServer,
+    sleep: RecordingSleep,
+    fault: dict[str, object],
 ) -> None:
     """5xx and dropped connections are retried after 0.5, 1, 2 s (no jitter in tests)."""
     await client.create("a")
@@ -70,7 +75,9 @@ async def test_transient_faults_are_retried_with_exponential_backoff(
     assert sleep.calls == [0.5, 1.0, 2.0]
 
 
-async def test_a_400_is_sent_once(client: ba.AudienceClient, fake_server: FakeBatchServer, sleep: RecordingSleep) -> None:
+async def test_a_400_is_sent_once(
+    client: ba.AudienceClient, fake_server: FakeBatchServer, sleep: RecordingSleep
+) -> None:
     """A non-retriable 4xx is raised at once, after a single request."""
     fake_server.fail_next(status=400)
     with pytest.raises(ba.BadRequestError):
@@ -79,11 +86,18 @@ async def test_a_400_is_sent_once(client: ba.AudienceClient, fake_server: FakeBa
     assert sleep.calls == []
 
 
-async def test_full_jitter_stays_within_the_backoff(fake_server: FakeBatchServer, sleep: RecordingSleep) -> None:
+async def test_full_jitter_stays_within_the_backoff(
+    fake_server: FakeBatchServer, sleep: RecordingSleep
+) -> None:
     """With jitter, each wait is the backoff times the injected random draw."""
     policy = ba.RetryPolicy(base=1.0, factor=2.0, cap=30.0, jitter=True)
     async with ba.AudienceClient(
-        fake_server.rest_key, fake_server.project_key, base_url=fake_server.url, retry=policy, sleep=sleep, rand=lambda: 0.25
+        fake_server.rest_key,
+        fake_server.project_key,
+        base_url=fake_server.url,
+        retry=policy,
+        sleep=sleep,
+        rand=lambda: 0.25,
     ) as c:
         await c.create("a")
         fake_server.fail_next(status=503, times=3)
@@ -91,11 +105,17 @@ async def test_full_jitter_stays_within_the_backoff(fake_server: FakeBatchServer
     assert sleep.calls == [0.25, 0.5, 1.0]
 
 
-async def test_deadline_is_checked_before_sleeping(fake_server: FakeBatchServer, sleep: RecordingSleep) -> None:
+async def test_deadline_is_checked_before_sleeping(
+    fake_server: FakeBatchServer, sleep: RecordingSleep
+) -> None:
     """A wait that would end past the call's deadline is not started."""
     policy = ba.RetryPolicy(base=4.0, jitter=False, deadline=5.0)
     async with ba.AudienceClient(
-        fake_server.rest_key, fake_server.project_key, base_url=fake_server.url, retry=policy, sleep=sleep
+        fake_server.rest_key,
+        fake_server.project_key,
+        base_url=fake_server.url,
+        retry=policy,
+        sleep=sleep,
     ) as c:
         fake_server.fail_next(status=503, times=5)
         with pytest.raises(ba.MaintenanceError) as caught:
@@ -104,7 +124,9 @@ async def test_deadline_is_checked_before_sleeping(fake_server: FakeBatchServer,
     assert "deadline" in "".join(caught.value.__notes__)
 
 
-async def test_retry_after_above_the_bound_gives_up(client: ba.AudienceClient, fake_server: FakeBatchServer, sleep: RecordingSleep) -> None:
+async def test_retry_after_above_the_bound_gives_up(
+    client: ba.AudienceClient, fake_server: FakeBatchServer, sleep: RecordingSleep
+) -> None:
     """A server asking to wait longer than max_retry_after ends the retries at once."""
     fake_server.fail_next(status=429, retry_after=3600)
     with pytest.raises(ba.RateLimitError) as caught:
@@ -113,7 +135,9 @@ async def test_retry_after_above_the_bound_gives_up(client: ba.AudienceClient, f
     assert sleep.calls == []
 
 
-async def test_timeout_raises_request_timeout(fake_server: FakeBatchServer, sleep: RecordingSleep) -> None:
+async def test_timeout_raises_request_timeout(
+    fake_server: FakeBatchServer, sleep: RecordingSleep
+) -> None:
     """A response slower than the total timeout raises RequestTimeout (a TimeoutError)."""
     async with ba.AudienceClient(
         fake_server.rest_key,
@@ -130,11 +154,17 @@ async def test_timeout_raises_request_timeout(fake_server: FakeBatchServer, slee
     assert "/2.8/audiences/view" in str(caught.value)
 
 
-async def test_timeout_is_retried(client: ba.AudienceClient, fake_server: FakeBatchServer, sleep: RecordingSleep) -> None:
+async def test_timeout_is_retried(
+    client: ba.AudienceClient, fake_server: FakeBatchServer, sleep: RecordingSleep
+) -> None:
     """A timed-out request is retried like any transport failure."""
     async with ba.AudienceClient(
-        fake_server.rest_key, fake_server.project_key, base_url=fake_server.url,
-        timeouts=ba.Timeouts(total=0.2), retry=FAST_RETRY, sleep=sleep,
+        fake_server.rest_key,
+        fake_server.project_key,
+        base_url=fake_server.url,
+        timeouts=ba.Timeouts(total=0.2),
+        retry=FAST_RETRY,
+        sleep=sleep,
     ) as c:
         await c.create("a")
         fake_server.fail_next(delay=1.0)
@@ -142,7 +172,9 @@ async def test_timeout_is_retried(client: ba.AudienceClient, fake_server: FakeBa
     assert sleep.calls == [0.5]
 
 
-async def test_cancelling_a_call_leaves_no_task_and_no_connection(fake_server: FakeBatchServer) -> None:
+async def test_cancelling_a_call_leaves_no_task_and_no_connection(
+    fake_server: FakeBatchServer,
+) -> None:
     """Cancelling mid-flight propagates CancelledError, leaves no task and no open connection."""
     async with aiohttp.ClientSession() as http:
         async with ba.AudienceClient(
@@ -182,7 +214,10 @@ async def test_a_callers_session_stays_open(fake_server: FakeBatchServer) -> Non
 async def test_in_flight_bound_holds(fake_server: FakeBatchServer) -> None:
     """No more than Limits.max_in_flight requests reach the server at once."""
     async with ba.AudienceClient(
-        fake_server.rest_key, fake_server.project_key, base_url=fake_server.url, limits=ba.Limits(max_in_flight=3)
+        fake_server.rest_key,
+        fake_server.project_key,
+        base_url=fake_server.url,
+        limits=ba.Limits(max_in_flight=3),
     ) as c:
         await c.create("a")
         fake_server.fail_next(delay=0.1, times=10)
@@ -219,7 +254,9 @@ async def test_connection_refused_is_a_connect_error(sleep: RecordingSleep) -> N
     """Nothing listening: ConnectError after the retries, without the key in its text."""
     async with FakeBatchServer() as server:
         url = server.url
-    async with ba.AudienceClient("k", "project_p", base_url=url, retry=FAST_RETRY, sleep=sleep) as c:
+    async with ba.AudienceClient(
+        "k", "project_p", base_url=url, retry=FAST_RETRY, sleep=sleep
+    ) as c:
         with pytest.raises(ba.ConnectError) as caught:
             await c.view("a")
     assert len(sleep.calls) == 5

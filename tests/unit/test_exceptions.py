@@ -25,7 +25,9 @@ from batch_audience._exceptions import parse_error_body
         pytest.param(418, ba.ApiError, id="418-fallback"),
     ],
 )
-def test_from_response_picks_the_class_for_the_status(status: int, klass: type[ba.ApiError]) -> None:
+def test_from_response_picks_the_class_for_the_status(
+    status: int, klass: type[ba.ApiError]
+) -> None:
     """ApiError.from_response looks the class up by HTTP status and falls back to ApiError."""
     err = ba.ApiError.from_response(status, b'{"error_code": "X", "error_message": "m"}')
     assert type(err) is klass
@@ -48,7 +50,9 @@ def test_from_response_picks_the_class_for_the_status(status: int, klass: type[b
         (ba.ValidationError, False),
     ],
 )
-def test_retriable_is_a_class_attribute(klass: type[ba.BatchAudienceError], retriable: bool) -> None:
+def test_retriable_is_a_class_attribute(
+    klass: type[ba.BatchAudienceError], retriable: bool
+) -> None:
     """Exactly 429, 5xx and transport failures are retriable."""
     assert klass.retriable is retriable
 
@@ -61,19 +65,31 @@ def test_retriable_is_a_class_attribute(klass: type[ba.BatchAudienceError], retr
             ("MALFORMED_PARAMETER", 31, "bad"),
             id="spec-shape",
         ),
-        pytest.param(b'{"code": "AUTHENTICATION_INVALID", "message": "no"}', ("AUTHENTICATION_INVALID", 10, "no"), id="code-message-keys"),
-        pytest.param(b'{"code": 31, "message": "num"}', ("MALFORMED_PARAMETER", 31, "num"), id="numeric-code"),
+        pytest.param(
+            b'{"code": "AUTHENTICATION_INVALID", "message": "no"}',
+            ("AUTHENTICATION_INVALID", 10, "no"),
+            id="code-message-keys",
+        ),
+        pytest.param(
+            b'{"code": 31, "message": "num"}', ("MALFORMED_PARAMETER", 31, "num"), id="numeric-code"
+        ),
         pytest.param(b'{"error_code": "32"}', ("MALFORMED_JSON_BODY", 32, ""), id="numeric-string"),
         pytest.param(b'{"error_code": 999}', ("999", 999, ""), id="unknown-number"),
         pytest.param(b'{"error_code": "NOT_FOUND"}', ("NOT_FOUND", None, ""), id="no-numeric"),
-        pytest.param(b"<html>Bad Gateway</html>", (None, None, "<html>Bad Gateway</html>"), id="html"),
+        pytest.param(
+            b"<html>Bad Gateway</html>", (None, None, "<html>Bad Gateway</html>"), id="html"
+        ),
         pytest.param(b"", (None, None, ""), id="empty"),
         pytest.param(b"[1, 2]", (None, None, "[1, 2]"), id="json-not-object"),
-        pytest.param(b'{"error_code": true, "error_message": 5}', (None, None, "5"), id="wrong-types"),
+        pytest.param(
+            b'{"error_code": true, "error_message": 5}', (None, None, "5"), id="wrong-types"
+        ),
         pytest.param(b"\xff\xfe garbage", (None, None, "\ufffd\ufffd garbage"), id="undecodable"),
     ],
 )
-def test_error_bodies_parse_leniently(body: bytes, expected: tuple[str | None, int | None, str]) -> None:
+def test_error_bodies_parse_leniently(
+    body: bytes, expected: tuple[str | None, int | None, str]
+) -> None:
     """Error bodies of any shape give a code, a numeric code and a message, never an exception."""
     code, numeric, message, _text = parse_error_body(body)
     assert (code, numeric, message) == expected
@@ -113,7 +129,9 @@ def test_builtin_mixins() -> None:
 
 def test_validation_error_names_position_id_rule_and_acknowledged() -> None:
     """ValidationError's text names the position, the ID, the rule and what was acknowledged."""
-    err = ba.ValidationError("too many attributes", position=25_000, record_id="u-1", acknowledged=20_000)
+    err = ba.ValidationError(
+        "too many attributes", position=25_000, record_id="u-1", acknowledged=20_000
+    )
     assert str(err) == (
         "record 25000, id 'u-1': too many attributes (20000 earlier records were acknowledged by the server)"
     )
@@ -123,7 +141,9 @@ def test_validation_error_names_position_id_rule_and_acknowledged() -> None:
     "err",
     [
         ba.ValidationError("r", position=1, record_id="x", acknowledged=0),
-        ba.ApiError.from_response(503, b'{"error_code": "MAINTENANCE_ERROR"}', method="GET", url="/x"),
+        ba.ApiError.from_response(
+            503, b'{"error_code": "MAINTENANCE_ERROR"}', method="GET", url="/x"
+        ),
         ba.ApiError.from_response(429, b"{}", retry_after=3),
     ],
 )

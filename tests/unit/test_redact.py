@@ -8,7 +8,10 @@ from batch_audience._redact import MASK, redact_headers, redact_url, scrub
 def test_redact_url_masks_the_v1_app_key_segment() -> None:
     """The app key segment of 1.x paths is masked; the rest of the URL stays readable."""
     url = "https://api.batch.com/1.1/APPKEY123/custom-audience/vip?indexing_token=abc"
-    assert redact_url(url) == f"https://api.batch.com/1.1/{MASK}/custom-audience/vip?indexing_token=abc"
+    assert (
+        redact_url(url)
+        == f"https://api.batch.com/1.1/{MASK}/custom-audience/vip?indexing_token=abc"
+    )
 
 
 def test_redact_url_leaves_v2_paths_alone() -> None:

@@ -37,7 +37,9 @@ async def v2(sleep: RecordingSleep) -> AsyncIterator[ba.AudienceClient]:
 
 def v1(version: str, sleep: RecordingSleep) -> ba.CustomAudienceClient:
     """A 1.x client aimed at a mocked base URL."""
-    return ba.CustomAudienceClient(APP, REST, version=version, base_url=BASE, retry=FAST_RETRY, sleep=sleep)
+    return ba.CustomAudienceClient(
+        APP, REST, version=version, base_url=BASE, retry=FAST_RETRY, sleep=sleep
+    )
 
 
 def only_call(m: aioresponses) -> tuple[str, URL, dict[str, Any]]:
@@ -62,19 +64,33 @@ async def test_v2_create(mocked: aioresponses, v2: ba.AudienceClient) -> None:
     method, url, kw = only_call(mocked)
     assert (method, url.path) == ("POST", "/2.8/audiences/create")
     assert kw["headers"] == V2_HEADERS
-    assert orjson.loads(kw["data"]) == {"name": "winback", "type": "custom_ids", "display_name": "Win-back Q3"}
+    assert orjson.loads(kw["data"]) == {
+        "name": "winback",
+        "type": "custom_ids",
+        "display_name": "Win-back Q3",
+    }
 
 
 async def test_v2_view_with_token(mocked: aioresponses, v2: ba.AudienceClient) -> None:
     """2.x view GETs /audiences/view with name and indexing_token in the query."""
     mocked.get(
         re.compile(r".*/2\.8/audiences/view.*"),
-        payload={"name": "winback", "type": "CUSTOM_ID", "nb_ids": 2, "indexing_state": "APPLIED",
-                 "created": "2023-08-12T22:30:05Z", "updated": "2023-08-12T22:31:05Z"},
+        payload={
+            "name": "winback",
+            "type": "CUSTOM_ID",
+            "nb_ids": 2,
+            "indexing_state": "APPLIED",
+            "created": "2023-08-12T22:30:05Z",
+            "updated": "2023-08-12T22:31:05Z",
+        },
     )
     info = await v2.view("winback", token=TOKEN)
     method, url, kw = only_call(mocked)
-    assert (method, url.path, dict(url.query)) == ("GET", "/2.8/audiences/view", {"name": "winback", "indexing_token": TOKEN})
+    assert (method, url.path, dict(url.query)) == (
+        "GET",
+        "/2.8/audiences/view",
+        {"name": "winback", "indexing_token": TOKEN},
+    )
     assert kw["headers"] == V2_HEADERS
     assert kw["data"] is None
     assert info.indexing_state == ba.IndexingState.APPLIED
@@ -83,9 +99,21 @@ async def test_v2_view_with_token(mocked: aioresponses, v2: ba.AudienceClient) -
 
 async def test_v2_list_follows_the_cursor(mocked: aioresponses, v2: ba.AudienceClient) -> None:
     """2.x list sends limit, then from=next_from while has_more."""
-    item = {"name": "a", "type": "CUSTOM_ID", "nb_ids": 0, "created": "2023-08-12T22:30:05Z", "updated": "2023-08-12T22:30:05Z"}
-    mocked.get(f"{BASE}/2.8/audiences/list?limit=2", payload={"audiences": [item, item], "count": 3, "has_more": True, "next_from": "CUR"})
-    mocked.get(f"{BASE}/2.8/audiences/list?limit=2&from=CUR", payload={"audiences": [item], "has_more": False})
+    item = {
+        "name": "a",
+        "type": "CUSTOM_ID",
+        "nb_ids": 0,
+        "created": "2023-08-12T22:30:05Z",
+        "updated": "2023-08-12T22:30:05Z",
+    }
+    mocked.get(
+        f"{BASE}/2.8/audiences/list?limit=2",
+        payload={"audiences": [item, item], "count": 3, "has_more": True, "next_from": "CUR"},
+    )
+    mocked.get(
+        f"{BASE}/2.8/audiences/list?limit=2&from=CUR",
+        payload={"audiences": [item], "has_more": False},
+    )
     names = [info.name async for info in v2.list(page_size=2)]
     assert names == ["a", "a", "a"]
     queries = [dict(url.query) for (_, url) in mocked.requests]
@@ -103,16 +131,38 @@ async def test_v2_delete_posts_to_remove(mocked: aioresponses, v2: ba.AudienceCl
 
 async def test_v2_add_and_remove_bodies(mocked: aioresponses, v2: ba.AudienceClient) -> None:
     """2.x add sends action=add with typed attributes; remove sends action=remove."""
-    mocked.post(f"{BASE}/2.8/audiences/update", status=202, payload={"indexing_token": TOKEN}, repeat=True)
+    mocked.post(
+        f"{BASE}/2.8/audiences/update", status=202, payload={"indexing_token": TOKEN}, repeat=True
+    )
     from datetime import UTC, datetime
 
-    rec = ba.Record("C-1", attributes={"score": 3, "joined": datetime(2023, 8, 12, 22, 30, 5, tzinfo=UTC), "avatar": ba.Url("https://example.com/a.png")})
+    rec = ba.Record(
+        "C-1",
+        attributes={
+            "score": 3,
+            "joined": datetime(2023, 8, 12, 22, 30, 5, tzinfo=UTC),
+            "avatar": ba.Url("https://example.com/a.png"),
+        },
+    )
     report = await v2.add("winback", [rec])
     assert report.tokens == (TOKEN,)
     await v2.remove("winback", ["C-2"])
     bodies = [orjson.loads(kw["data"]) for kws in mocked.requests.values() for kw in kws]
     assert bodies == [
-        {"name": "winback", "ids": [{"action": "add", "id": "C-1", "attributes": {"score": 3, "date(joined)": "2023-08-12T22:30:05Z", "url(avatar)": "https://example.com/a.png"}}]},
+        {
+            "name": "winback",
+            "ids": [
+                {
+                    "action": "add",
+                    "id": "C-1",
+                    "attributes": {
+                        "score": 3,
+                        "date(joined)": "2023-08-12T22:30:05Z",
+                        "url(avatar)": "https://example.com/a.png",
+                    },
+                }
+            ],
+        },
         {"name": "winback", "ids": [{"action": "remove", "id": "C-2"}]},
     ]
 
@@ -124,20 +174,27 @@ async def test_v2_replace_body(mocked: aioresponses, v2: ba.AudienceClient) -> N
     assert report.atomic is True
     _, url, kw = only_call(mocked)
     assert url.path == "/2.8/audiences/replace"
-    assert orjson.loads(kw["data"]) == {"name": "winback", "ids": [{"id": "C-1", "attributes": {"tier": "gold"}}]}
+    assert orjson.loads(kw["data"]) == {
+        "name": "winback",
+        "ids": [{"id": "C-1", "attributes": {"tier": "gold"}}],
+    }
 
 
 async def test_api_version_is_configurable(mocked: aioresponses, sleep: RecordingSleep) -> None:
     """api_version changes the first path segment."""
     mocked.get(re.compile(r".*/2\.11/audiences/view.*"), payload={"name": "a", "type": "CUSTOM_ID"})
-    async with ba.AudienceClient(REST, PROJECT, base_url=BASE, api_version="2.11", sleep=sleep) as c:
+    async with ba.AudienceClient(
+        REST, PROJECT, base_url=BASE, api_version="2.11", sleep=sleep
+    ) as c:
         await c.view("a")
     _, url, _ = only_call(mocked)
     assert url.path == "/2.11/audiences/view"
 
 
 @pytest.mark.parametrize(("version", "kind"), [("1.0", "custom_ids"), ("1.1", "install_ids")])
-async def test_v1_create(mocked: aioresponses, sleep: RecordingSleep, version: str, kind: str) -> None:
+async def test_v1_create(
+    mocked: aioresponses, sleep: RecordingSleep, version: str, kind: str
+) -> None:
     """1.x create POSTs type and description to /{v}/{APP}/custom-audience/{name}."""
     mocked.post(f"{BASE}/{version}/{APP}/custom-audience/vip", payload={})
     async with v1(version, sleep) as c:
@@ -150,7 +207,9 @@ async def test_v1_create(mocked: aioresponses, sleep: RecordingSleep, version: s
 
 async def test_v10_update_names_the_type(mocked: aioresponses, sleep: RecordingSleep) -> None:
     """1.0 PATCH carries the audience type and add/remove entries."""
-    mocked.patch(f"{BASE}/1.0/{APP}/custom-audience/vip", status=201, payload={"indexing_token": TOKEN})
+    mocked.patch(
+        f"{BASE}/1.0/{APP}/custom-audience/vip", status=201, payload={"indexing_token": TOKEN}
+    )
     async with v1("1.0", sleep) as c:
         await c.add("vip", ["u-1", "u-2"], audience_type="advertising_ids")
     method, url, kw = only_call(mocked)
@@ -163,23 +222,40 @@ async def test_v10_update_names_the_type(mocked: aioresponses, sleep: RecordingS
 
 async def test_v11_update_and_replace(mocked: aioresponses, sleep: RecordingSleep) -> None:
     """1.1 PATCH sends ids with attributes and tags; PUT replaces."""
-    mocked.patch(f"{BASE}/1.1/{APP}/custom-audience/vip", status=201, payload={"indexing_token": TOKEN})
-    mocked.put(f"{BASE}/1.1/{APP}/custom-audience/vip", status=201, payload={"indexing_token": TOKEN})
+    mocked.patch(
+        f"{BASE}/1.1/{APP}/custom-audience/vip", status=201, payload={"indexing_token": TOKEN}
+    )
+    mocked.put(
+        f"{BASE}/1.1/{APP}/custom-audience/vip", status=201, payload={"indexing_token": TOKEN}
+    )
     async with v1("1.1", sleep) as c:
         await c.add("vip", [ba.Record("I-1", attributes={"tier": 3}, tags=["vip"])])
         await c.replace("vip", ["I-2"])
     sent = [(m, orjson.loads(kw["data"])) for (m, _), kws in mocked.requests.items() for kw in kws]
     assert sent == [
-        ("PATCH", {"ids": [{"action": "add", "id": "I-1", "attributes": {"tier": 3}, "tags": ["vip"]}]}),
+        (
+            "PATCH",
+            {"ids": [{"action": "add", "id": "I-1", "attributes": {"tier": 3}, "tags": ["vip"]}]},
+        ),
         ("PUT", {"ids": [{"id": "I-2"}]}),
     ]
 
 
 async def test_v1_view_list_delete(mocked: aioresponses, sleep: RecordingSleep) -> None:
     """1.x view takes indexing_token, list pages with from/limit, delete is DELETE."""
-    item = {"name": "vip", "type": "install_ids", "description": "d", "nb_ids": 1, "created": "2018-06-29T14:59:03", "updated": "2018-06-29T15:07:32", "indexing_state": "APPLIED"}
+    item = {
+        "name": "vip",
+        "type": "install_ids",
+        "description": "d",
+        "nb_ids": 1,
+        "created": "2018-06-29T14:59:03",
+        "updated": "2018-06-29T15:07:32",
+        "indexing_state": "APPLIED",
+    }
     mocked.get(f"{BASE}/1.1/{APP}/custom-audience/vip?indexing_token={TOKEN}", payload=item)
-    mocked.get(f"{BASE}/1.1/{APP}/custom-audience?from=0&limit=1", payload={"custom_audiences": [item]})
+    mocked.get(
+        f"{BASE}/1.1/{APP}/custom-audience?from=0&limit=1", payload={"custom_audiences": [item]}
+    )
     mocked.get(f"{BASE}/1.1/{APP}/custom-audience?from=1&limit=1", payload={"custom_audiences": []})
     mocked.delete(f"{BASE}/1.1/{APP}/custom-audience/vip", payload={})
     async with v1("1.1", sleep) as c:

@@ -1,0 +1,146 @@
+"""Writer throughput: events/s through one AudienceWriter, its CPU time and the loop lag it causes.
+
+    python benchmarks/writer.py [-n 1000000] [--max-records 10000] [--attributes 3] [--repeat 1]
+
+Starts the bundled fake server in its own process (Audience API 2.x), then pushes N events
+through ``client.writer(...)`` from one producer loop, as an event consumer would: 90% adds
+of IDs from a pool of N/2 users with ``--attributes`` attributes (str, int, float), 10%
+removes. A side task sleeps 1 ms in a loop and records how late it wakes (loop lag).
+
+Reported per run: sustained events/s (first add to the end of the final flush; making the
+events, ~1-2 us each, is included, as in a real consumer), the client process's CPU time,
+loop lag p99 and max, requests sent, peak RSS. Afterwards the audience's ``nb_ids`` is
+checked against a replay of the events, so a fast but lossy writer fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from _common import LoopLag, cpu_seconds, fake_server_process, peak_rss_mb
+
+import batch_audience as ba
+
+
+def events(n: int, attributes: int, seed: int = 7) -> Iterator[tuple[bool, str, dict[str, Any]]]:
+    """N (is_add, id, attributes) events, made on the fly as a consumer receives them."""
+    rng = random.Random(seed)
+    pool = max(1, n // 2)
+    for i in range(n):
+        uid = f"user-{rng.randrange(pool):08d}"
+        if rng.random() < 0.9:
+            attrs: dict[str, Any] = {}
+            for j in range(attributes):
+                kind = j % 3
+                attrs[f"att{j}"] = i if kind == 0 else ("gold" if kind == 1 else i / 7)
+            yield True, uid, attrs
+        else:
+            yield False, uid, {}
+
+
+def expected_members(stream: Iterator[tuple[bool, str, dict[str, Any]]]) -> int:
+    """How many IDs are members after replaying the events in order."""
+    members: set[str] = set()
+    for is_add, uid, _ in stream:
+        if is_add:
+            members.add(uid)
+        else:
+            members.discard(uid)
+    return len(members)
+
+
+async def run(
+    url: str, rest_key: str, project_key: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One run: a fresh audience, N events through one writer; returns the figures."""
+    name = f"bench_{time.monotonic_ns()}"
+    async with ba.AudienceClient(rest_key, project_key, base_url=url) as client:
+        await client.create(name)
+        lag = LoopLag()
+        lag.start()
+        cpu0 = cpu_seconds()
+        t0 = time.perf_counter()
+        async with client.writer(
+            name, max_records=args.max_records, max_delay=args.max_delay
+        ) as writer:
+            add = writer.add
+            remove = writer.remove
+            for is_add, uid, attrs in events(args.n, args.attributes):
+                if is_add:
+                    await add(uid, attributes=attrs)
+                else:
+                    await remove(uid)
+            result = await writer.flush()
+        elapsed = time.perf_counter() - t0
+        cpu = cpu_seconds() - cpu0
+        await lag.stop()
+        info = await client.view(name)
+    want = expected_members(events(args.n, args.attributes))
+    if info.nb_ids != want:
+        raise SystemExit(f"lost entries: the audience holds {info.nb_ids} IDs, expected {want}")
+    return {
+        "events": args.n,
+        "events_per_s": args.n / elapsed,
+        "elapsed_s": elapsed,
+        "cpu_s": cpu,
+        "requests": result.requests,
+        "retries": result.retries,
+        "members": info.nb_ids,
+        "peak_rss_mb": peak_rss_mb(),
+        **lag.summary(),
+    }
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """A small fixed-width table of the runs."""
+    head = (
+        "run",
+        "events",
+        "events/s",
+        "elapsed s",
+        "client CPU s",
+        "lag p99 ms",
+        "lag max ms",
+        "requests",
+        "peak RSS MB",
+    )
+    lines = [" | ".join(f"{h:>12}" for h in head)]
+    for i, r in enumerate(rows, 1):
+        cells = (
+            i,
+            r["events"],
+            f"{r['events_per_s']:,.0f}",
+            f"{r['elapsed_s']:.2f}",
+            f"{r['cpu_s']:.2f}",
+            f"{r['lag_p99_ms']:.2f}",
+            f"{r['lag_max_ms']:.2f}",
+            r["requests"],
+            f"{r['peak_rss_mb']:.0f}",
+        )
+        lines.append(" | ".join(f"{c!s:>12}" for c in cells))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Parse the flags, start the fake server process, run and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=1_000_000, help="events to push (default 1M)")
+    parser.add_argument("--max-records", type=int, default=10_000, help="entries per batch")
+    parser.add_argument("--max-delay", type=float, default=5.0, help="seconds before an age flush")
+    parser.add_argument("--attributes", type=int, default=3, help="attributes per add (<= 15)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs, each on a fresh audience")
+    args = parser.parse_args()
+    rows = []
+    with fake_server_process() as fake:
+        for _ in range(args.repeat):
+            rows.append(asyncio.run(run(fake.url, fake.rest_key, fake.project_key, args)))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

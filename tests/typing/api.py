@@ -1,0 +1,33 @@
+"""Type-checked, never-run usage of the public API (mypy --strict checks it)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import batch_audience as ba
+
+
+async def usage() -> None:
+    async with ba.AudienceClient("rest", "project_x", base_url="http://127.0.0.1:1") as client:
+        token: str | None = await client.create("winback", display_name="Win-back")
+        info: ba.AudienceInfo = await client.view("winback", token=token)
+        _ = info.nb_ids + 1
+        report: ba.UploadReport = await client.add(
+            "winback",
+            [
+                ba.Record(
+                    "u", attributes={"joined": datetime.now(UTC), "avatar": ba.Url("https://x")}
+                ),
+                "v",
+            ],
+            progress=lambda p: print(p.records, p.total),
+            concurrency=2,
+        )
+        states = await client.wait_applied("winback", report.tokens, timeout=60)
+        _done: bool = all(
+            s in (ba.IndexingState.APPLIED, ba.IndexingState.REPLACED) for s in states.values()
+        )
+        async for audience in client.list(page_size=50):
+            _name: str = audience.name
+    async with ba.CustomAudienceClient("app", "rest", version="1.1") as v1:
+        await v1.replace("vip", [ba.Record("i", tags=["vip"])])
