@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib as _contextlib
+
+import attrs as _attrs
 from typing import Any
 
 from ._client import AudienceClient, CustomAudienceClient
@@ -76,9 +78,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# Show the public home of each name in reprs and docs, not the private module.
+# Show the public home of each name in reprs and docs, not the private module. Annotations
+# are resolved first: they are strings that only the defining module can evaluate (cattrs).
 for _name in __all__:
     _obj = globals()[_name]
+    if _attrs.has(_obj):
+        _attrs.resolve_types(_obj)
     if getattr(_obj, "__module__", "").startswith("batch_audience."):
         with _contextlib.suppress(AttributeError, TypeError):
             _obj.__module__ = "batch_audience"

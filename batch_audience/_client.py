@@ -21,7 +21,7 @@ from ._config import (
     Timeouts,
 )
 from ._endpoints import Endpoints, V1Endpoints, V2Endpoints, check_page_size
-from ._exceptions import ClientClosedError, ValidationError
+from ._exceptions import ClientClosedError, UnsupportedOperation, ValidationError
 from ._models import AudienceInfo, IndexingState, ProgressCallback, UploadReport, converter
 from ._poller import wait_applied
 from ._redact import mask, redact_url
@@ -291,6 +291,10 @@ class _BaseClient:
         on_ack: AckHook | None = None,
     ) -> UploadReport:
         check_audience_name(name)
+        if operation == "replace" and not self._endpoints.supports_replace:
+            raise UnsupportedOperation(
+                "replace", self._endpoints.version, "use Custom Audience API 1.1 or Audience API 2.x"
+            )
         session = self._open()
         audience_type = await self._upload_type(name, audience_type)
         report = await run_upload(

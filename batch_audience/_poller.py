@@ -19,6 +19,7 @@ from ._endpoints import Endpoints
 from ._exceptions import IndexingTimeout, ValidationError
 from ._models import DONE_STATES, IndexingState
 from ._session import Session
+from ._tracing import span
 
 __all__ = ["wait_applied"]
 
@@ -87,8 +88,9 @@ async def wait_applied(
             raise timed_out()
         round_timeout = asyncio.timeout(remaining)
         try:
-            async with round_timeout:
-                await _all(check, pending)
+            with span("batch_audience.poll", {"batch_audience.tokens": len(pending)}):
+                async with round_timeout:
+                    await _all(check, pending)
         except TimeoutError:
             if round_timeout.expired():
                 raise timed_out() from None

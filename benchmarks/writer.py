@@ -2,21 +2,27 @@
 
     python benchmarks/writer.py [-n 1000000] [--max-records 10000] [--attributes 3] [--repeat 1]
 
-Starts the bundled fake server in its own process (Audience API 2.x), then pushes N events
-through ``client.writer(...)`` from one producer loop, as an event consumer would: 90% adds
-of IDs from a pool of N/2 users with ``--attributes`` attributes (str, int, float), 10%
-removes. A side task sleeps 1 ms in a loop and records how late it wakes (loop lag).
+Starts the bundled fake server in its own process (Audience API 2.x; a fresh one per run),
+then pushes N events through ``client.writer(...)`` from one producer loop, as an event
+consumer would: 90% adds of IDs from a pool of N/2 users with ``--attributes`` attributes
+(str, int, float), 10% removes. A side task sleeps 1 ms in a loop and records how late it
+wakes (loop lag).
 
 Reported per run: sustained events/s (first add to the end of the final flush; making the
-events, ~1-2 us each, is included, as in a real consumer), the client process's CPU time,
-loop lag p99 and max, requests sent, peak RSS. Afterwards the audience's ``nb_ids`` is
-checked against a replay of the events, so a fast but lossy writer fails.
+events, ~1-2 us each, is included, as in a real consumer), the CPU time of the client process
+and of the server process (from /proc, Linux only), loop lag p99 and max, requests sent and
+peak RSS. Afterwards the audience's ``nb_ids`` is checked against a replay of the events, so
+a fast but lossy writer fails.
+
+The machines are shared and noisy: compare runs made together, and check that nothing else
+is busy (``uptime``) before trusting absolute figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -26,8 +32,10 @@ from _common import LoopLag, cpu_seconds, fake_server_process, peak_rss_mb
 
 import batch_audience as ba
 
+Event = tuple[bool, str, dict[str, Any]]
 
-def events(n: int, attributes: int, seed: int = 7) -> Iterator[tuple[bool, str, dict[str, Any]]]:
+
+def events(n: int, attributes: int, seed: int = 7) -> Iterator[Event]:
     """N (is_add, id, attributes) events, made on the fly as a consumer receives them."""
     rng = random.Random(seed)
     pool = max(1, n // 2)
@@ -43,7 +51,7 @@ def events(n: int, attributes: int, seed: int = 7) -> Iterator[tuple[bool, str, 
             yield False, uid, {}
 
 
-def expected_members(stream: Iterator[tuple[bool, str, dict[str, Any]]]) -> int:
+def expected_members(stream: Iterator[Event]) -> int:
     """How many IDs are members after replaying the events in order."""
     members: set[str] = set()
     for is_add, uid, _ in stream:
@@ -54,8 +62,20 @@ def expected_members(stream: Iterator[tuple[bool, str, dict[str, Any]]]) -> int:
     return len(members)
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) of another process, from /proc (Linux); None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # Fields after the ")" that closes the command name; utime and stime are the
+            # 14th and 15th fields of stat(5), so the 12th and 13th here.
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def run(
-    url: str, rest_key: str, project_key: str, args: argparse.Namespace
+    url: str, rest_key: str, project_key: str, args: argparse.Namespace, server_pid: int
 ) -> dict[str, Any]:
     """One run: a fresh audience, N events through one writer; returns the figures."""
     name = f"bench_{time.monotonic_ns()}"
@@ -64,6 +84,7 @@ async def run(
         lag = LoopLag()
         lag.start()
         cpu0 = cpu_seconds()
+        server0 = process_cpu_seconds(server_pid)
         t0 = time.perf_counter()
         async with client.writer(
             name, max_records=args.max_records, max_delay=args.max_delay
@@ -78,6 +99,7 @@ async def run(
             result = await writer.flush()
         elapsed = time.perf_counter() - t0
         cpu = cpu_seconds() - cpu0
+        server1 = process_cpu_seconds(server_pid)
         await lag.stop()
         info = await client.view(name)
     want = expected_members(events(args.n, args.attributes))
@@ -88,6 +110,7 @@ async def run(
         "events_per_s": args.n / elapsed,
         "elapsed_s": elapsed,
         "cpu_s": cpu,
+        "server_cpu_s": None if server0 is None or server1 is None else server1 - server0,
         "requests": result.requests,
         "retries": result.retries,
         "members": info.nb_ids,
@@ -104,6 +127,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         "events/s",
         "elapsed s",
         "client CPU s",
+        "server CPU s",
         "lag p99 ms",
         "lag max ms",
         "requests",
@@ -111,12 +135,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     )
     lines = [" | ".join(f"{h:>12}" for h in head)]
     for i, r in enumerate(rows, 1):
+        server = "n/a" if r["server_cpu_s"] is None else f"{r['server_cpu_s']:.2f}"
         cells = (
             i,
             r["events"],
             f"{r['events_per_s']:,.0f}",
             f"{r['elapsed_s']:.2f}",
             f"{r['cpu_s']:.2f}",
+            server,
             f"{r['lag_p99_ms']:.2f}",
             f"{r['lag_max_ms']:.2f}",
             r["requests"],
@@ -133,12 +159,14 @@ def main() -> None:
     parser.add_argument("--max-records", type=int, default=10_000, help="entries per batch")
     parser.add_argument("--max-delay", type=float, default=5.0, help="seconds before an age flush")
     parser.add_argument("--attributes", type=int, default=3, help="attributes per add (<= 15)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs, each on a fresh audience")
+    parser.add_argument("--repeat", type=int, default=1, help="runs, each on a fresh server")
     args = parser.parse_args()
     rows = []
-    with fake_server_process() as fake:
-        for _ in range(args.repeat):
-            rows.append(asyncio.run(run(fake.url, fake.rest_key, fake.project_key, args)))
+    for _ in range(args.repeat):
+        # A fresh server per run, so no run pays for the members an earlier one left behind.
+        with fake_server_process() as fake:
+            pid = fake.process.pid
+            rows.append(asyncio.run(run(fake.url, fake.rest_key, fake.project_key, args, pid)))
     print(table(rows))
 
 

@@ -94,3 +94,47 @@ async def client_v11(
     """A Custom Audience API 1.1 client of the fake server."""
     async with make_v1_client(fake_server, "1.1", sleep) as c:
         yield c
+
+
+def client_tasks(tasks: set[asyncio.Task[object]]) -> set[asyncio.Task[object]]:
+    """The tasks that are neither the current one nor the fake server's (aiohttp.web) own."""
+
+    def servers(task: asyncio.Task[object]) -> bool:
+        code = getattr(task.get_coro(), "cr_code", None)
+        return code is not None and "aiohttp/web_" in code.co_filename
+
+    return {t for t in tasks if t is not asyncio.current_task() and not servers(t)}
+
+
+class ServerProcess:
+    """The fake server in a child process: its URL and keys (no membership inspection)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, info: dict[str, str]) -> None:
+        self.proc = proc
+        self.url = info["url"]
+        self.rest_key = info["rest_key"]
+        self.project_key = info["project_key"]
+        self.api_key = info["api_key"]
+
+
+@pytest.fixture
+async def fake_server_process() -> AsyncIterator[ServerProcess]:
+    """A fake server in its own process: loop-lag checks then measure the client alone."""
+    import sys
+
+    code = "from batch_audience.testing._serve import run_fake_server; run_fake_server()"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    info: dict[str, str] = {}
+    try:
+        while len(info) < 4:
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout=30)
+            assert line, "the fake server process ended before printing its URL"
+            key, _, value = line.decode().strip().partition(": ")
+            info[key] = value
+        yield ServerProcess(proc, info)
+    finally:
+        proc.terminate()
+        await proc.wait()

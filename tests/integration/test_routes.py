@@ -123,7 +123,7 @@ async def test_v10_has_no_replace(
     client_v10: ba.CustomAudienceClient, fake_server: FakeBatchServer
 ) -> None:
     """1.0 replace raises UnsupportedOperation before any request."""
-    with pytest.raises(ba.UnsupportedOperation, match="1.0"):
+    with pytest.raises(ba.UnsupportedOperation, match=r"1\.0"):
         await client_v10.replace("x", ["a"])
     assert fake_server.requests == []
 

@@ -10,7 +10,7 @@ import pytest
 
 import batch_audience as ba
 from batch_audience.testing import FakeBatchServer
-from tests.conftest import FAST_RETRY, RecordingSleep
+from tests.conftest import FAST_RETRY, RecordingSleep, client_tasks
 
 
 async def test_429_with_retry_after_waits_exactly_that_long(
@@ -176,26 +176,28 @@ async def test_cancelling_a_call_leaves_no_task_and_no_connection(
     fake_server: FakeBatchServer,
 ) -> None:
     """Cancelling mid-flight propagates CancelledError, leaves no task and no open connection."""
-    async with aiohttp.ClientSession() as http:
-        async with ba.AudienceClient(
+    async with (
+        aiohttp.ClientSession() as http,
+        ba.AudienceClient(
             fake_server.rest_key, fake_server.project_key, base_url=fake_server.url, session=http
-        ) as c:
-            await c.create("a")
-            before = asyncio.all_tasks()
-            fake_server.fail_next(delay=5.0)
-            task = asyncio.create_task(c.view("a"))
-            while fake_server.in_flight == 0:
-                await asyncio.sleep(0.01)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            await asyncio.sleep(0)
-            assert asyncio.all_tasks() - before - {asyncio.current_task()} == set()
-            connector = http.connector
-            assert connector is not None
-            # The cancelled request's connection was closed, not returned to the pool.
-            assert sum(len(v) for v in connector._conns.values()) <= 1
-            assert len(connector._acquired) == 0
+        ) as c,
+    ):
+        await c.create("a")
+        before = asyncio.all_tasks()
+        fake_server.fail_next(delay=5.0)
+        task = asyncio.create_task(c.view("a"))
+        while fake_server.in_flight == 0:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0)
+        assert client_tasks(asyncio.all_tasks() - before) == set()
+        connector = http.connector
+        assert connector is not None
+        # The cancelled request's connection was closed, not returned to the pool.
+        assert sum(len(v) for v in connector._conns.values()) <= 1
+        assert len(connector._acquired) == 0
 
 
 async def test_a_callers_session_stays_open(fake_server: FakeBatchServer) -> None:
@@ -240,13 +242,13 @@ async def test_unclosed_client_warns() -> None:
     import gc
 
     async with FakeBatchServer() as server:
-        c = ba.AudienceClient(server.rest_key, server.project_key, base_url=server.url)
-        await c.create("a")
-        session = c._session._session
+        holder = [ba.AudienceClient(server.rest_key, server.project_key, base_url=server.url)]
+        await holder[0].create("a")
+        session = holder[0]._session._session
         assert session is not None
         with pytest.warns(ResourceWarning, match="unclosed AudienceClient"):
-            del c
-            gc.collect()
+            holder.clear()  # the last reference: __del__ runs here
+        gc.collect()
         await session.close()
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import batch_audience as ba
 from batch_audience.testing import FakeBatchServer
-from tests.conftest import RecordingSleep
+from tests.conftest import RecordingSleep, ServerProcess, client_tasks
 
 
 def ids(start: int, stop: int, prefix: str = "u") -> Iterator[str]:
@@ -27,7 +27,7 @@ async def agen(items: Iterator[object]) -> AsyncIterator[object]:
 async def test_chunked_replace_sends_replace_first_then_adds(
     client: ba.AudienceClient, fake_server: FakeBatchServer
 ) -> None:
-    """A 25,001-record replace ends with exactly those members; no add is sent before the replace answered."""
+    """A 25,001-record replace ends with exactly those members; no add precedes its answer."""
     await client.create("r")
     await client.add("r", ids(0, 50))  # old members the replace must wipe
     fake_server.reset_stats()
@@ -47,7 +47,7 @@ async def test_chunked_replace_sends_replace_first_then_adds(
 async def test_a_million_ids_from_a_generator(
     client: ba.AudienceClient, fake_server: FakeBatchServer
 ) -> None:
-    """1,000,000 IDs from a generator all land; the server never sees more requests than the concurrency."""
+    """1,000,000 IDs from a generator all land, never more requests in flight than asked."""
     await client.create("big")
     fake_server.reset_stats()
     report = await client.add("big", ids(0, 1_000_000), concurrency=3)
@@ -153,7 +153,7 @@ async def test_429_halves_the_concurrency(
 async def test_bad_record_is_reported_and_never_sent(
     client: ba.AudienceClient, fake_server: FakeBatchServer
 ) -> None:
-    """A bad record at position 25,000 raises with its position and ID; it never reaches the server."""
+    """A bad record at position 25,000 raises with its position and ID and is never sent."""
     await client.create("bad")
 
     def stream() -> Iterator[object]:
@@ -191,7 +191,7 @@ async def test_async_iterable_source_matches_list(
 
 
 async def test_progress_is_called_after_each_chunk(client: ba.AudienceClient) -> None:
-    """progress= receives the records done after each acknowledged chunk, and the total for a list."""
+    """progress= gets the records done after each acknowledged chunk, and a list's total."""
     await client.create("p")
     updates: list[ba.Progress] = []
     await client.add("p", [f"i-{i}" for i in range(25_000)], progress=updates.append, concurrency=1)
@@ -236,7 +236,7 @@ async def test_cancelling_an_upload_leaves_no_task(
     with pytest.raises(asyncio.CancelledError):
         await task
     await asyncio.sleep(0)
-    assert asyncio.all_tasks() - before - {asyncio.current_task()} == set()
+    assert client_tasks(asyncio.all_tasks() - before) == set()
 
 
 async def test_empty_replace_empties_the_audience(
@@ -261,8 +261,10 @@ async def test_wait_true_puts_final_states_in_the_report(
     assert set(report.states.values()) == {ba.IndexingState.APPLIED}
 
 
-async def test_upload_never_stalls_the_event_loop(client: ba.AudienceClient) -> None:
+async def test_upload_never_stalls_the_event_loop(fake_server_process: ServerProcess) -> None:
     """During a 200,000-record upload the event loop is never held for 50 ms or more."""
+    server = fake_server_process
+    client = ba.AudienceClient(server.rest_key, server.project_key, base_url=server.url)
     await client.create("lag")
     lags: list[float] = []
     stop = asyncio.Event()
@@ -280,8 +282,10 @@ async def test_upload_never_stalls_the_event_loop(client: ba.AudienceClient) -> 
         )
         for i in range(200_000)
     )
-    await client.add("lag", records)
+    async with client:
+        report = await client.add("lag", records)
     stop.set()
     await watcher
+    assert report.records == 200_000
     assert len(lags) > 50
     assert max(lags) < 0.050, f"max loop lag {max(lags) * 1000:.1f} ms"

@@ -133,7 +133,8 @@ def test_validation_error_names_position_id_rule_and_acknowledged() -> None:
         "too many attributes", position=25_000, record_id="u-1", acknowledged=20_000
     )
     assert str(err) == (
-        "record 25000, id 'u-1': too many attributes (20000 earlier records were acknowledged by the server)"
+        "record 25000, id 'u-1': too many attributes "
+        "(20000 earlier records were acknowledged by the server)"
     )
 
 

@@ -44,7 +44,11 @@ def v1(version: str, sleep: RecordingSleep) -> ba.CustomAudienceClient:
 
 def only_call(m: aioresponses) -> tuple[str, URL, dict[str, Any]]:
     """The single request made: method, URL and aiohttp keyword arguments."""
-    calls = [(method, url, kw) for (method, url), kws in m.requests.items() for kw in kws]
+    calls = [
+        (method, url, call.kwargs)
+        for (method, url), calls_ in m.requests.items()
+        for call in calls_
+    ]
     assert len(calls) == 1, calls
     return calls[0]
 
@@ -147,7 +151,7 @@ async def test_v2_add_and_remove_bodies(mocked: aioresponses, v2: ba.AudienceCli
     report = await v2.add("winback", [rec])
     assert report.tokens == (TOKEN,)
     await v2.remove("winback", ["C-2"])
-    bodies = [orjson.loads(kw["data"]) for kws in mocked.requests.values() for kw in kws]
+    bodies = [orjson.loads(c.kwargs["data"]) for cs in mocked.requests.values() for c in cs]
     assert bodies == [
         {
             "name": "winback",
@@ -212,7 +216,7 @@ async def test_v10_update_names_the_type(mocked: aioresponses, sleep: RecordingS
     )
     async with v1("1.0", sleep) as c:
         await c.add("vip", ["u-1", "u-2"], audience_type="advertising_ids")
-    method, url, kw = only_call(mocked)
+    method, _url, kw = only_call(mocked)
     assert method == "PATCH"
     assert orjson.loads(kw["data"]) == {
         "type": "advertising_ids",
@@ -231,7 +235,9 @@ async def test_v11_update_and_replace(mocked: aioresponses, sleep: RecordingSlee
     async with v1("1.1", sleep) as c:
         await c.add("vip", [ba.Record("I-1", attributes={"tier": 3}, tags=["vip"])])
         await c.replace("vip", ["I-2"])
-    sent = [(m, orjson.loads(kw["data"])) for (m, _), kws in mocked.requests.items() for kw in kws]
+    sent = [
+        (m, orjson.loads(c.kwargs["data"])) for (m, _), cs in mocked.requests.items() for c in cs
+    ]
     assert sent == [
         (
             "PATCH",

@@ -1,0 +1,494 @@
+"""Resumable uploads: a checkpoint file records each acknowledged chunk, and a rerun resumes.
+
+The checkpoint is a JSON-lines file, only ever appended to, synced to disk after each write::
+
+    {"checkpoint": "batch_audience", "version": 1, "identity": {...}}
+    {"start": 0, "end": 10000, "token": "9f2c..."}     one line per acknowledged chunk
+    {"start": 20000, "end": 30000, "token": "..."}     chunks may land out of order
+    {"done": true, "records": 1000000}                 everything was acknowledged
+
+``identity`` says which upload the file belongs to: the audience, the operation, the chunk
+size, the API generation, a fingerprint of the server and project (or app) key, and the
+input (e.g. ``file_fingerprint(path)``: size and SHA-256). A checkpoint whose identity
+differs is refused with CheckpointError, so a checkpoint can never skip records of another
+input, audience or project. Keys are never written: the target is a one-way hash.
+
+A rerun resumes at the *contiguous* position: the largest ``p`` such that every record
+before ``p`` was in an acknowledged chunk (with several requests in flight, chunk 3 may be
+acknowledged while chunk 2 was not; chunk 2 and 3 are then both sent again, in order, which
+ends in the same membership since adds and removes are idempotent). A replace whose replace
+call was acknowledged is never replaced again: its remaining chunks go as adds. A last line
+cut short by a crash is dropped; the checkpoint is deleted once the upload (and the wait for
+indexing, if asked) is over, so the next run of the same command starts afresh.
+
+Writes run in a worker thread, so an fsync never stalls the event loop; an acknowledgement
+lost to a crash before its fsync only means that chunk is sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Final, Self
+
+import attrs
+import orjson
+
+from ._exceptions import ValidationError
+from ._models import ProgressCallback, UploadReport
+from ._upload import DEFAULT_CONCURRENCY, Operation
+from ._validate import MAX_ENTRIES
+
+if TYPE_CHECKING:
+    from ._client import AudienceClient, CustomAudienceClient
+
+    Client = AudienceClient | CustomAudienceClient
+
+try:  # POSIX: one process at a time per checkpoint.
+    import fcntl
+except ImportError:  # pragma: no cover - Windows has no flock; the lock is then skipped
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "CheckpointError",
+    "ResumableUpload",
+    "file_fingerprint",
+    "resumable",
+    "upload_with_checkpoint",
+]
+
+_MAGIC: Final = "batch_audience"
+_VERSION: Final = 1
+# How a header line starts (orjson writes no spaces): a file cut inside it is ours.
+_HEADER_START: Final = b'{"checkpoint":"batch_audience"'
+FINGERPRINT_BLOCK: Final = 1 << 20  # bytes read per step when hashing an input file
+
+Records = Iterable[object] | AsyncIterable[object]
+
+
+class CheckpointError(ValidationError):
+    """The checkpoint cannot be used: it belongs to another upload, is damaged, or is in use."""
+
+    def __reduce__(self) -> Any:
+        return (CheckpointError, (self.rule,))
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What identifies a file's content for a checkpoint: its size and SHA-256 (reads it all)."""
+    with open(path, "rb") as file:
+        digest = hashlib.file_digest(file, "sha256").hexdigest()
+        size = file.tell()
+    return {"size": size, "sha256": digest}
+
+
+def target_fingerprint(client: Client) -> str:
+    """A one-way fingerprint of where a client writes: server, API generation and key."""
+    endpoints = client._endpoints
+    key = str(getattr(endpoints, "project_key", None) or getattr(endpoints, "api_key", ""))
+    text = "\0".join(("batch_audience.target", endpoints.generation, client.base_url, key))
+    # 16 hex characters tell targets apart; they say nothing usable about the key.
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@attrs.frozen
+class _Ack:
+    start: int
+    end: int
+    token: str | None
+
+
+class _File:
+    """The checkpoint file: read once, then appended to; holds an exclusive lock while open."""
+
+    def __init__(self, path: str, identity: dict[str, Any]) -> None:
+        self.path = path
+        self.acks: list[_Ack] = []
+        self.done = False
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            self._lock()
+            self._load(identity)
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _lock(self) -> None:
+        if fcntl is None:  # pragma: no cover
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CheckpointError(
+                f"checkpoint {self.path!r} is in use by another upload right now"
+            ) from None
+
+    def _load(self, identity: dict[str, Any]) -> None:
+        data = b""
+        while chunk := os.pread(self._fd, 1 << 20, len(data)):
+            data += chunk
+        newline = data.find(b"\n")
+        if data.strip() and (newline >= 0 or not data.startswith(_HEADER_START)):
+            # Check the header before changing anything: the path may name some other file.
+            try:
+                header = self._parse(data[: newline if newline >= 0 else len(data)], 1)
+            except CheckpointError:
+                header = {}
+            if header.get("checkpoint") != _MAGIC or header.get("version") != _VERSION:
+                raise CheckpointError(
+                    f"{self.path!r} is not a batch_audience checkpoint (version {_VERSION})"
+                )
+        if not data.endswith(b"\n"):
+            # The last write was cut short by a crash: drop it, so appends start a fresh line.
+            data = data[: data.rfind(b"\n") + 1]
+            os.ftruncate(self._fd, len(data))
+        if not data.strip():
+            header = {"checkpoint": _MAGIC, "version": _VERSION, "identity": identity}
+            os.ftruncate(self._fd, 0)
+            self.write(orjson.dumps(header) + b"\n")
+            return
+        lines = data.split(b"\n")
+        header = self._parse(lines[0], 1)
+        stored = header.get("identity")
+        if stored != identity:
+            raise CheckpointError(
+                f"checkpoint {self.path!r} belongs to another upload "
+                f"({_differences(stored, identity)}); delete it to start over, "
+                "or use another checkpoint file"
+            )
+        for number, line in enumerate(lines[1:-1], start=2):
+            entry = self._parse(line, number)
+            if entry.get("done") is True:
+                self.done = True
+                continue
+            start, end, token = entry.get("start"), entry.get("end"), entry.get("token")
+            if not (
+                type(start) is int
+                and type(end) is int
+                and 0 <= start <= end
+                and (token is None or isinstance(token, str))
+            ):
+                raise CheckpointError(f"checkpoint {self.path!r} line {number} is damaged")
+            self.acks.append(_Ack(start, end, token))
+
+    def _parse(self, line: bytes, number: int) -> dict[str, Any]:
+        try:
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict):
+            raise CheckpointError(f"checkpoint {self.path!r} line {number} is damaged")
+        return value
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)  # also releases the lock
+
+
+def _differences(stored: object, wanted: Mapping[str, Any]) -> str:
+    """Which identity fields differ, for the refusal message (values hold no secret)."""
+    if not isinstance(stored, dict):
+        return "it has no identity"
+    out = []
+    for field in sorted(set(stored) | set(wanted)):
+        old, new = stored.get(field), wanted.get(field)
+        if old == new:
+            continue
+        if field == "target":
+            out.append("it was written for another server, project or app")
+        elif isinstance(old, dict) and isinstance(new, dict):
+            keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            out.append(f"{field} {', '.join(keys)} differ")
+        else:
+            out.append(f"{field} {old!r}, not {new!r}")
+    return "; ".join(out)
+
+
+def contiguous(acks: Iterable[tuple[int, int]], start: int = 0) -> int:
+    """The largest p such that every position in [start, p) lies in one of the intervals."""
+    position = start
+    for first, end in sorted(acks):
+        if first > position:
+            break
+        position = max(position, end)
+    return position
+
+
+class ResumableUpload:
+    """One upload bound to a checkpoint file; ``run`` it, then it resumes where it stopped.
+
+    Use ``async with resumable(...) as upload`` (which opens, checks and locks the file), read
+    ``upload.position`` to know how many leading records to skip, then ``await
+    upload.run(records_after_position)``.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        *,
+        path: str | os.PathLike[str],
+        input: Mapping[str, Any],
+        mode: Operation = "add",
+        chunk_size: int = MAX_ENTRIES,
+    ) -> None:
+        if mode not in ("add", "remove", "replace"):
+            raise ValidationError(f"mode must be 'add', 'remove' or 'replace', got {mode!r}")
+        self.client = client
+        self.name = name
+        self.path = os.fspath(path)
+        self.mode: Operation = mode
+        self.chunk_size = chunk_size
+        # A JSON round trip, so the comparison with what the file holds is exact.
+        self.identity: dict[str, Any] = orjson.loads(
+            orjson.dumps(
+                {
+                    "audience": name,
+                    "mode": mode,
+                    "chunk_size": chunk_size,
+                    "api": client._endpoints.generation,
+                    "target": target_fingerprint(client),
+                    "input": dict(input),
+                }
+            )
+        )
+        self._file: _File | None = None
+        self._earlier: list[_Ack] = []
+        self._position = 0
+        self._started = False
+        self._done = False
+        self._pending: list[bytes] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._ran = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._file = await asyncio.to_thread(_File, self.path, self.identity)
+        acks = self._file.acks
+        self._position = contiguous((a.start, a.end) for a in acks)
+        # Acknowledged chunks inside the resumed prefix; later ones will be sent again.
+        self._earlier = sorted(
+            {(a.start, a.end): a for a in acks if a.end <= self._position}.values(),
+            key=lambda a: a.start,
+        )
+        self._started = bool(acks)
+        self._done = self._file.done
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            # Keep what was acknowledged even when failing: the next run resumes from it.
+            if exc is None:
+                await self._flush()
+            else:
+                with contextlib.suppress(Exception):
+                    await self._flush()
+        finally:
+            if self._file is not None:
+                self._file.close()
+
+    @property
+    def position(self) -> int:
+        """Records at the start of the input that an earlier run had acknowledged: skip them."""
+        return self._position
+
+    @property
+    def resumed(self) -> bool:
+        """Whether an earlier run of this upload got anything acknowledged."""
+        return self._started
+
+    @property
+    def done(self) -> bool:
+        """Whether an earlier run already had every record acknowledged."""
+        return self._done
+
+    # -- the upload ------------------------------------------------------------------------
+
+    async def run(
+        self,
+        records: Records,
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        progress: ProgressCallback | None = None,
+        wait: bool = False,
+        audience_type: str | None = None,
+        keep: bool = False,
+    ) -> UploadReport:
+        """Upload ``records`` (the input after ``position``); return the whole upload's report.
+
+        The report counts every run of this upload: records, requests and tokens of earlier
+        runs included. Once everything was acknowledged (and indexed, with ``wait``) the
+        checkpoint file is deleted, unless ``keep``.
+
+        Raises:
+            ValidationError, ApiError, TransportError: as ``add``; what was acknowledged is
+                in the checkpoint, and running the same upload again resumes from it.
+        """
+        if self._file is None:
+            raise RuntimeError("use 'async with resumable(...)' before run()")
+        if self._ran:
+            raise RuntimeError("run() was already called; open the checkpoint again to rerun")
+        self._ran = True
+        earlier_tokens = tuple(a.token for a in self._earlier if a.token is not None)
+        if self._done:
+            report = UploadReport(
+                audience=self.name,
+                operation=self.mode,
+                records=self._position,
+                requests=len(self._earlier),
+                tokens=earlier_tokens,
+                atomic=len(self._earlier) <= 1,
+            )
+        else:
+            try:
+                this_run = await self.client._upload(
+                    self.mode,
+                    self.name,
+                    records,
+                    concurrency,
+                    progress,
+                    self.chunk_size,
+                    False,
+                    audience_type,
+                    start=self._position,
+                    skip_replace=self.mode == "replace" and self._started,
+                    on_ack=self._acknowledge,
+                )
+            except BaseException as exc:
+                if isinstance(exc, Exception):
+                    exc.add_note(
+                        f"acknowledged chunks are saved in checkpoint {self.path!r}: "
+                        "run the same upload again to resume"
+                    )
+                raise
+            requests = len(self._earlier) + this_run.requests
+            report = attrs.evolve(
+                this_run,
+                records=self._position + this_run.records,
+                requests=requests,
+                tokens=earlier_tokens + this_run.tokens,
+                atomic=requests <= 1,
+            )
+            self._pending.append(orjson.dumps({"done": True, "records": report.records}) + b"\n")
+            await self._flush()
+            self._done = True
+        if wait and report.tokens:
+            states = await self.client.wait_applied(self.name, report.tokens)
+            report = attrs.evolve(report, states=states)
+        if not keep:
+            await asyncio.to_thread(_unlink, self.path)
+        return report
+
+    def _acknowledge(self, first: int, end: int, token: str | None) -> None:
+        self._pending.append(orjson.dumps({"start": first, "end": end, "token": token}) + b"\n")
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        file = self._file
+        assert file is not None
+        while self._pending:
+            # Acknowledgements that came in during the last fsync share the next one.
+            data = b"".join(self._pending)
+            self._pending.clear()
+            await asyncio.to_thread(file.write, data)
+
+    async def _flush(self) -> None:
+        """Wait until every acknowledgement so far is on disk; raise a write error if any."""
+        while (writer := self._writer) is not None or self._pending:
+            if writer is None:
+                writer = self._writer = asyncio.get_running_loop().create_task(self._drain())
+            try:
+                await writer
+            finally:
+                if self._writer is writer:
+                    self._writer = None
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def resumable(
+    client: Client,
+    name: str,
+    *,
+    path: str | os.PathLike[str],
+    input: Mapping[str, Any],
+    mode: Operation = "add",
+    chunk_size: int = MAX_ENTRIES,
+) -> ResumableUpload:
+    """An upload checkpointed in ``path``; ``input`` identifies the records (file_fingerprint)."""
+    return ResumableUpload(client, name, path=path, input=input, mode=mode, chunk_size=chunk_size)
+
+
+async def upload_with_checkpoint(
+    client: Client,
+    name: str,
+    records: Callable[[int], Records],
+    *,
+    path: str | os.PathLike[str],
+    input: Mapping[str, Any],
+    mode: Operation = "add",
+    concurrency: int = DEFAULT_CONCURRENCY,
+    progress: ProgressCallback | None = None,
+    chunk_size: int = MAX_ENTRIES,
+    wait: bool = False,
+    audience_type: str | None = None,
+) -> UploadReport:
+    """Upload with a checkpoint in one call; ``records(n)`` gives the input after its first n.
+
+    Example::
+
+        report = await upload_with_checkpoint(
+            client, "winback", lambda n: open_records("users.csv", skip=n),
+            path="users.csv.ckpt", input=await asyncio.to_thread(file_fingerprint, "users.csv"),
+        )
+
+    Args:
+        records: called once with the number of leading records an earlier run had
+            acknowledged; returns the rest of the input (e.g. ``open_records(p, skip=n)``);
+            its ``close()``, if it has one, is called at the end.
+        path: the checkpoint file, created if missing.
+        input: what identifies the input, e.g. ``file_fingerprint(p)``; a checkpoint made
+            for other input, audience, mode, chunk size or project is refused.
+
+    Raises:
+        CheckpointError: the checkpoint belongs to another upload, is damaged or in use.
+        ValidationError, ApiError, TransportError: as ``add``; rerun to resume.
+    """
+    async with resumable(
+        client, name, path=path, input=input, mode=mode, chunk_size=chunk_size
+    ) as upload:
+        source = records(upload.position)
+        try:
+            return await upload.run(
+                source,
+                concurrency=concurrency,
+                progress=progress,
+                wait=wait,
+                audience_type=audience_type,
+            )
+        finally:
+            # A reader from open_records owns its file: close what we were handed.
+            close = getattr(source, "close", None)
+            if callable(close):
+                close()
