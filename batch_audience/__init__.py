@@ -1,11 +1,9 @@
 """An asyncio client and batching engine for Batch.com's audience APIs."""
 
-from __future__ import annotations
-
 import contextlib as _contextlib
+from typing import Any as _Any
 
 import attrs as _attrs
-from typing import Any
 
 from ._client import AudienceClient, CustomAudienceClient
 from ._config import Limits, PollPolicy, RetryPolicy, Timeouts
@@ -70,7 +68,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     if name == "__version__":
         from importlib.metadata import version
 

@@ -1,5 +1,19 @@
 """The ``batch-audience`` command: upload files, inspect audiences, run the fake server or a demo.
 
+Synopsis (global options may come before or after the command)::
+
+    batch-audience [--api 2|1.0|1.1] [--base-url URL] [--rest-key K] [--project-key K]
+                   [--api-key K] [--api-version V] [--json] [-v] [--no-progress] COMMAND
+    batch-audience upload NAME FILE|- [--format csv|ndjson] [--mode add|remove|replace]
+                   [--wait] [--concurrency N] [--chunk-size N] [--dry-run] [--checkpoint F]
+    batch-audience create NAME [--display-name D] [--description D] [--type T]
+    batch-audience view NAME [--token T]
+    batch-audience list
+    batch-audience delete NAME
+    batch-audience fake-server [--host H] [--port N] [--indexing-delay S]
+    batch-audience demo [--records N] [--concurrency N]
+
+The input formats are described in ``_sources`` and in ``batch-audience upload --help``.
 Exit status: 0 on success, 1 when the API or the network failed, 2 on bad input or usage
 (a bad file, a refused checkpoint, a missing key), 130 when interrupted. Keys come from the
 environment (``BATCH_REST_KEY``, ``BATCH_PROJECT_KEY``, ``BATCH_API_KEY``) or from flags, and
@@ -75,6 +89,7 @@ input formats (by extension, or --format; '-' reads stdin and needs --format):
     url:avatar       a URL attribute 'avatar'
     list:interests   an array attribute 'interests', split on '|'
     date(joined)     the wire form: the cell is sent as given (url(x) likewise)
+  Header names are trimmed; attribute names are lowercase a-z, 0-9 and _ (at most 30).
   An empty cell leaves that attribute (or the tags) out for the record.
   NDJSON (.ndjson, .jsonl): one JSON object per line, as in the Python API:
     {"id": "u-1", "attributes": {"plan": "pro", "date(joined)": "2024-01-02T10:00:00Z"},
@@ -354,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument(
         "--dry-run",
         action="store_true",
-        help="check the whole file and print what would be sent; send nothing",
+        help="check the whole input and print what would be sent; send nothing, "
+        "need no key, leave any checkpoint alone",
     )
     upload.add_argument(
         "--checkpoint",

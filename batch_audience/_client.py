@@ -292,9 +292,8 @@ class _BaseClient:
     ) -> UploadReport:
         check_audience_name(name)
         if operation == "replace" and not self._endpoints.supports_replace:
-            raise UnsupportedOperation(
-                "replace", self._endpoints.version, "use Custom Audience API 1.1 or Audience API 2.x"
-            )
+            hint = "use Custom Audience API 1.1 or Audience API 2.x"
+            raise UnsupportedOperation("replace", self._endpoints.version, hint)
         session = self._open()
         audience_type = await self._upload_type(name, audience_type)
         report = await run_upload(

@@ -24,8 +24,9 @@ header                  the cell becomes
 ``date(joined)``        the wire form: sent as given, as a string (``url(x)`` likewise)
 ======================  =================================================================
 
-An empty cell means the attribute (or the tags) is absent for that record. Attribute names
-follow Batch's key rule (``[a-z0-9_]{1,30}``); a header breaking it, an unknown type prefix,
+An empty cell means the attribute (or the tags) is absent for that record. Header names are
+trimmed of surrounding spaces (cells are not: they are sent as given). Attribute names follow
+Batch's key rule (``[a-z0-9_]{1,30}``); a header breaking it, an unknown type prefix,
 a repeated column or a missing ``id`` column is an error on line 1. A row with more or fewer
 cells than the header is an error; blank lines are skipped.
 
@@ -37,8 +38,10 @@ given), or a bare JSON string, which is an ID.
 With ``ids_only=True`` (what ``--mode remove`` uses) only the ID of each record is read; the
 other columns or keys are ignored, so the same file serves for adding and for removing.
 
-Every record is checked again by the upload's validator (15 attributes, key rule, value
-types...); ``SourceError.wrap`` turns its error into one that names the line.
+The readers parse; the upload's validator then checks each record (15 attributes, key rule,
+value types...), and ``SourceError.wrap`` turns its error into one that names the line.
+Iterated with ``async for`` (as uploads do), reading and parsing run in a worker thread, a
+batch of records per hop, so file reads never block the event loop.
 """
 
 from __future__ import annotations

@@ -411,7 +411,16 @@ def _check_date_text(key: str, text: str) -> None:
         ) from None
 
 
+# The common shape, checked in one regex match (~0.3 us) instead of urlsplit (~5 us): an http(s)
+# scheme, a plain host name, an optional port, then printable ASCII without spaces.
+_PLAIN_URL: Final = re.compile(
+    r"[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:[/?#][!-~]*)?\Z"
+)
+
+
 def _check_url(key: str, text: str) -> None:
+    if len(text) <= MAX_URL_LENGTH and _PLAIN_URL.match(text):
+        return
     if len(text) > MAX_URL_LENGTH:
         raise ValidationError(
             f"attribute {key!r} is a URL of {len(text)} characters: "

@@ -371,8 +371,11 @@ class FakeBatchServer:
         if server_loop is not None and not server_loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed on its own meanwhile
                 server_loop.call_soon_threadsafe(self._begin_shutdown, caller, done)
-        if thread.is_alive() and not done.done():
-            await done
+        # Settled by the server thread once closed; also stop waiting if that thread died.
+        while not done.done() and thread.is_alive():
+            await asyncio.wait({done}, timeout=0.05)
+        if done.done():
+            done.result()
         # The thread only has to close its loop now. Its end cannot be awaited, and join()
         # would block this loop, so poll it: a millisecond or two at most.
         while thread.is_alive():  # noqa: ASYNC110
@@ -600,9 +603,14 @@ class FakeBatchServer:
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         faults = self._faults
-        for index, fault in enumerate(faults):
+        # A snapshot (one C call): another thread may be queueing faults meanwhile. Only this
+        # method removes any, and others only append, so the index stays right.
+        for index, fault in enumerate(tuple(faults)):
             if fault.matches(method, path):
-                del faults[index]
+                try:
+                    del faults[index]
+                except IndexError:  # clear_faults() ran meanwhile
+                    return None
                 return fault
         return None
 

@@ -6,8 +6,11 @@ Pure: no aiohttp, no I/O, no event loop. Each operation takes what the HTTP laye
 anything is applied, so a refused request changes nothing.
 
 Members are kept lean because tests hold a million of them: an ID maps to ``None`` (no
-attributes, no tags) or to an ``(attributes, tags)`` tuple, and ``FakeMember`` objects are
-only built when someone inspects the audience.
+attributes, no tags), to its attributes dict as decoded from the body, or (1.1 tags only) to
+an ``(attributes, tags)`` tuple; ``FakeMember`` objects are only built on inspection. No
+per-member container is added on purpose: a dict of numbers and strings is not tracked by
+the garbage collector, while a tuple per member would be, and the first collection after a
+big upload would then walk every one of them with the event loop held.
 """
 
 from __future__ import annotations
@@ -65,8 +68,8 @@ _BAD: Final = 3
 _KEY_CACHE_LIMIT: Final = 4096
 _key_kinds: dict[str, int] = {}
 
-# An internal member: None for a bare ID, else (attributes or None, tags).
-_Entry: TypeAlias = "tuple[dict[str, Any] | None, tuple[str, ...]] | None"
+# An internal member: None for a bare ID, its attributes, or (attributes or None, tags).
+_Entry: TypeAlias = "dict[str, Any] | tuple[dict[str, Any] | None, tuple[str, ...]] | None"
 # Marks a remove in the collapsed view of one request's entries.
 _REMOVE: Final[Any] = object()
 _MISSING: Final[Any] = object()
@@ -143,10 +146,18 @@ _BARE_MEMBER: Final = FakeMember(attributes=_NO_ATTRIBUTES, tags=())
 def _member(entry: _Entry) -> FakeMember:
     if entry is None:
         return _BARE_MEMBER
+    if isinstance(entry, dict):
+        return FakeMember(attributes=_ReadOnlyDict(entry), tags=())
     attributes, tags = entry
     return FakeMember(
         attributes=_ReadOnlyDict(attributes) if attributes else _NO_ATTRIBUTES, tags=tags
     )
+
+
+def _entry(attributes: dict[str, Any] | None, tags: tuple[str, ...]) -> _Entry:
+    if tags:
+        return (attributes, tags)
+    return attributes or None
 
 
 @attrs.frozen(slots=True)
@@ -221,7 +232,9 @@ class FakeAudience:
         """A snapshot of the members: ID to FakeMember (read-only attributes)."""
         bare = _BARE_MEMBER
         member = _member
-        return {uid: bare if e is None else member(e) for uid, e in self._members.items()}
+        # copy() is one C call, so a server thread writing meanwhile cannot break the loop.
+        entries = self._members.copy()
+        return {uid: bare if e is None else member(e) for uid, e in entries.items()}
 
     @property
     def member_ids(self) -> frozenset[str]:
@@ -285,8 +298,9 @@ class _Namespace:
         self.cursors: dict[str, int] = {}
 
     def newest_first(self, version: str | None = None) -> list[FakeAudience]:
-        found = self.audiences.values()
-        chosen = [a for a in found if a.version == version] if version else list(found)
+        # list() is one C call: another thread may be adding audiences (seed) meanwhile.
+        found = list(self.audiences.values())
+        chosen = [a for a in found if a.version == version] if version else found
         # seq is unique per namespace, so this is a total, stable order.
         chosen.sort(key=lambda a: a.seq, reverse=True)
         return chosen
@@ -497,39 +511,65 @@ def collect_entries(body: Mapping[str, Any], rules: _EntryRules) -> tuple[dict[s
     with_attributes = rules.attributes
     with_tags = rules.tags
     strict_remove = rules.strict_remove
+    get = dict.get
+    kinds = _key_kinds
+    plain = _PLAIN
     for index, entry in enumerate(ids):
         if type(entry) is not dict:
             _malformed(f"ids[{index}] must be an object, got {_kind(entry)}")
-        uid = entry.get("id")
+        uid = get(entry, "id")
         if type(uid) is not str or not uid:
             if uid is None:
                 _missing(f"ids[{index}].id is required")
             _malformed(f"ids[{index}].id must be a non-empty string, got {_kind(uid)}")
-        action = entry.get("action")
+        action = get(entry, "action")
         if update:
-            if action == "remove":
-                if strict_remove and "attributes" in entry:
-                    _malformed(f"ids[{index}]: attributes are only allowed with action 'add'")
-                result[uid] = _REMOVE
-                removes = True
-                continue
             if action != "add":
+                if action == "remove":
+                    if strict_remove and "attributes" in entry:
+                        _malformed(f"ids[{index}]: attributes are only allowed with action 'add'")
+                    result[uid] = _REMOVE
+                    removes = True
+                    continue
                 if action is None:
                     _missing(f"ids[{index}].action is required ('add' or 'remove')")
                 _malformed(f"ids[{index}].action must be 'add' or 'remove', got {action!r}")
         elif action is not None and action != "add":
             _malformed(f"ids[{index}].action: a replace only adds, got {action!r}")
-        attributes = None
+        attributes = get(entry, "attributes") if with_attributes else None
+        if attributes is not None:
+            # The hot loop: plain keys already classified, with short strings or numbers.
+            # Anything else (dates, URLs, arrays, new keys, errors) takes the full check.
+            if type(attributes) is dict and len(attributes) <= MAX_ATTRIBUTES:
+                for key, value in attributes.items():
+                    if kinds.get(key) != plain:
+                        break
+                    vtype = type(value)
+                    if vtype is str:
+                        if len(value) > MAX_STRING_LENGTH:
+                            break
+                    elif vtype is not int and vtype is not float:
+                        break
+                else:
+                    if not attributes:
+                        attributes = None
+                    if not with_tags:
+                        result[uid] = attributes
+                        continue
+                    raw_tags = get(entry, "tags")
+                    result[uid] = (
+                        attributes
+                        if raw_tags is None
+                        else (_entry(attributes, _check_tags(raw_tags, index)))
+                    )
+                    continue
+            attributes = _check_attributes(attributes, index)
         tags: tuple[str, ...] = ()
-        if with_attributes:
-            attributes = entry.get("attributes")
-            if attributes is not None:
-                attributes = _check_attributes(attributes, index)
         if with_tags:
-            raw_tags = entry.get("tags")
+            raw_tags = get(entry, "tags")
             if raw_tags is not None:
                 tags = _check_tags(raw_tags, index)
-        result[uid] = None if attributes is None and not tags else (attributes, tags)
+        result[uid] = (attributes, tags) if tags else attributes
     return result, removes
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import io
 import os
 import signal
 import sys
@@ -17,6 +19,7 @@ import orjson
 import pytest
 
 import batch_audience as ba
+from batch_audience._cli import Console, ProgressBar
 from batch_audience.testing import FakeBatchServer
 
 REST = "CANARYcliREST41d7"
@@ -145,6 +148,7 @@ async def test_upload_csv_view_list_delete(
     )
     result = await cli(server, "upload", "cli", str(data), "--wait")
     assert result.code == 0, result.err
+    assert "rec/s" not in result.err  # no progress bar when stderr is not a terminal
     assert "added 2 records to 'cli' in 1 request:" in result.out
     assert "1 APPLIED" in result.out
     members = server.members("cli")
@@ -391,7 +395,9 @@ async def test_stopped_upload_resumes_from_its_checkpoint(
     if signum == signal.SIGINT:
         assert code == 130
         assert process.stderr is not None
-        assert "run the same command again to resume" in (await process.stderr.read()).decode()
+        err = (await process.stderr.read()).decode()
+        assert "run the same command again to resume" in err
+        assert_clean(err)
     first_run = len(server.requests)
     server.clear_faults()
 
@@ -487,3 +493,40 @@ async def test_dry_run_reads_stdin_to_the_end() -> None:
         None, "upload", "x", "-", "--format", "ndjson", "--dry-run", stdin=b'"a"\n{"id": 1}\n'
     )
     assert bad.code == 2 and "<stdin>:2: record 2: id must be a non-empty str" in bad.err
+
+
+def test_progress_bar_on_a_terminal_shows_rate_and_eta(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal the bar (tqdm, on stderr) shows records done, records/s and the ETA."""
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    console = Console()
+    bar = ProgressBar(console, enabled=True, desc="aud", total=20_000, initial=5_000)
+    progress = ba.Progress(
+        audience="aud", operation="add", records=10_000, total=None, requests=1, retries=0,
+        elapsed=1.0,
+    )  # fmt: skip
+    bar.progress(progress)
+    console.err("a log line goes above the bar")
+    bar.close()
+    shown = stderr.getvalue()
+    assert "15.0k/20.0k" in shown and "rec/s" in shown and "<" in shown
+    assert "a log line goes above the bar" in shown
+    assert console.bar is None
+
+
+def test_progress_bar_without_tqdm_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without tqdm the upload goes on without a bar, after a note with the install command."""
+    real_import = importlib.import_module
+
+    def no_tqdm(name: str, package: str | None = None) -> Any:
+        if name == "tqdm":
+            raise ImportError("No module named 'tqdm'")
+        return real_import(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", no_tqdm)
+    bar = ProgressBar(Console(), enabled=True, desc="aud", total=10)
+    bar.set(5)
+    bar.close()
+    assert "pip install 'tqdm>=4.66'" in capsys.readouterr().err

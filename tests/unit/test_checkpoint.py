@@ -19,6 +19,7 @@ from batch_audience._checkpoint import (
     resumable,
     upload_with_checkpoint,
 )
+from batch_audience._sources import RecordReader, open_records
 
 INPUT = {"size": 123, "sha256": "ab" * 32}
 
@@ -204,28 +205,22 @@ async def test_upload_with_checkpoint_hands_the_position_to_the_source(
     """The records callable gets the number of records to skip."""
     path = tmp_path / "ck"
     data = tmp_path / "in.ndjson"
-    data.write_bytes(b'"a"\n')
+    data.write_bytes(b"".join(b'"u-%d"\n' % i for i in range(12)))
     fingerprint = file_fingerprint(data)
-    assert fingerprint["size"] == 4 and len(fingerprint["sha256"]) == 64
+    assert fingerprint["size"] == 74 and len(fingerprint["sha256"]) == 64
     monkeypatch.setattr(client, "_upload", StubUpload([(0, 10)], fail=ba.ServerError(500)))
     with pytest.raises(ba.ServerError):
-        await upload_with_checkpoint(
-            client, "aud", lambda n: [], path=path, input=fingerprint, chunk_size=10
-        )
-    skipped: list[int] = []
+        await upload_with_checkpoint(client, "aud", lambda n: [], path=path, input=fingerprint)
+    readers: list[RecordReader] = []
 
-    def rest(n: int) -> list[str]:
-        skipped.append(n)
-        return ["x", "y"]
+    def rest(n: int) -> RecordReader:
+        readers.append(open_records(str(data), skip=n))
+        return readers[-1]
 
-    monkeypatch.setattr(client, "_upload", StubUpload([(10, 12)]))
-    report = await upload_with_checkpoint(
-        client,
-        "aud",
-        rest,
-        path=path,
-        input=fingerprint,
-        chunk_size=10,
-    )
-    assert skipped == [10]
+    stub = StubUpload([(10, 12)])
+    monkeypatch.setattr(client, "_upload", stub)
+    report = await upload_with_checkpoint(client, "aud", rest, path=path, input=fingerprint)
+    [reader] = readers
+    assert (reader.skip, stub.calls[0]["start"]) == (10, 10)
+    assert reader._closer is None  # closed once the upload ended
     assert report.records == 12
