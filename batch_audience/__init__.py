@@ -5,6 +5,7 @@ from typing import Any as _Any
 
 import attrs as _attrs
 
+from ._checkpoint import CheckpointError, file_fingerprint, upload_with_checkpoint
 from ._client import AudienceClient, CustomAudienceClient
 from ._config import Limits, PollPolicy, RetryPolicy, Timeouts
 from ._exceptions import (
@@ -34,17 +35,23 @@ from ._models import (
     UploadReport,
     Url,
 )
+from ._sources import SourceError, open_records
+from ._writer import AudienceWriter, DrainTimeout, FlushResult, WriterEntry, WriterError
 
 __all__ = [
     "ApiError",
     "AudienceClient",
     "AudienceInfo",
+    "AudienceWriter",
     "AuthenticationError",
     "BadRequestError",
     "BatchAudienceError",
+    "CheckpointError",
     "ClientClosedError",
     "ConnectError",
     "CustomAudienceClient",
+    "DrainTimeout",
+    "FlushResult",
     "ForbiddenError",
     "IndexingState",
     "IndexingTimeout",
@@ -59,12 +66,18 @@ __all__ = [
     "RequestTimeout",
     "RetryPolicy",
     "ServerError",
+    "SourceError",
     "Timeouts",
     "TransportError",
     "UnsupportedOperation",
     "UploadReport",
     "Url",
     "ValidationError",
+    "WriterEntry",
+    "WriterError",
+    "file_fingerprint",
+    "open_records",
+    "upload_with_checkpoint",
 ]
 
 

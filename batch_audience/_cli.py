@@ -25,16 +25,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import importlib
 import logging
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterable, Callable, Coroutine, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import orjson
@@ -44,10 +43,13 @@ from ._client import AudienceClient, CustomAudienceClient
 from ._config import DEFAULT_API_VERSION, DEFAULT_BASE_URL
 from ._exceptions import BatchAudienceError, UnsupportedOperation, ValidationError
 from ._models import AudienceInfo, Progress, UploadReport
-from ._redact import scrub
+from ._redact import MASK
 from ._sources import FORMATS, STDIN, Format, RecordReader, SourceError, guess_format, open_records
 from ._upload import DEFAULT_CONCURRENCY, Operation
 from ._validate import MAX_ENTRIES, EntryEncoder, Generation, check_audience_name
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 __all__ = ["main"]
 
@@ -100,6 +102,9 @@ checks: a file (not stdin) is checked whole before the first request, with the u
 validator: an error anywhere (e.g. data.csv:5: record 4, id 'u-4': 16 attributes ...) sends
 nothing. Records and lines are numbered from 1.
 
+progress: a bar on stderr when it is a terminal (records, records/s, ETA); --no-progress
+turns it off. -v logs each request and retry.
+
 resuming: with --checkpoint FILE each acknowledged chunk is recorded in FILE; after an
 interruption (Ctrl-C, a crash, a network failure) the same command resumes after the last
 contiguously acknowledged record and ends with the same membership as an uninterrupted run.
@@ -123,7 +128,11 @@ class Console:
         self.bar: Any = None  # the tqdm bar being drawn on stderr, if any
 
     def _clean(self, text: str) -> str:
-        return scrub(text, self.secrets)
+        # Only the keys themselves: the library already redacts URLs, and redacting again
+        # would mangle a file path such as /data/1.0/users.csv.
+        for secret in self.secrets:
+            text = text.replace(secret, MASK)
+        return text
 
     def out(self, text: str) -> None:
         """A line of the command's result on stdout."""
@@ -253,9 +262,33 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
-def _common_options() -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are scrubbed of the keys it was given."""
+
+    secrets: Sequence[str] = ()
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        for secret in _Parser.secrets:
+            message = message.replace(secret, MASK) if message else message
+        super()._print_message(message, file)
+
+
+_KEY_FLAGS: Final = ("--rest-key", "--project-key", "--api-key")
+
+
+def _argv_secrets(argv: Sequence[str]) -> list[str]:
+    """Keys given on the command line or in the environment, found before parsing."""
+    found = [os.environ.get(env, "") for env in (ENV_REST_KEY, ENV_PROJECT_KEY, ENV_API_KEY)]
+    for index, arg in enumerate(argv):
+        flag, equals, value = arg.partition("=")
+        if flag in _KEY_FLAGS:
+            found.append(value if equals else (argv[index + 1] if index + 1 < len(argv) else ""))
+    return [key for key in found if key]
+
+
+def _common_options() -> _Parser:
     """Options accepted before or after the command (SUPPRESS keeps a value given earlier)."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     group = common.add_argument_group("connection (also before the command)")
     s = argparse.SUPPRESS
     group.add_argument(
@@ -317,7 +350,7 @@ def _common_options() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``batch-audience``."""
     common = _common_options()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -640,16 +673,21 @@ async def cmd_upload(args: argparse.Namespace, console: Console) -> int:
         stack.callback(bar.close)
         reader = await asyncio.to_thread(open_records, path, fmt, skip=skip, ids_only=ids_only)
         stack.callback(reader.close)
+        # stdin may wait on its producer: read it in a thread. A file is read on the loop's
+        # thread, which costs half as much CPU as the hops to a thread and blocks microseconds.
+        source: Iterable[object] | AsyncIterable[object] = (
+            reader.threaded() if path == STDIN else reader
+        )
         try:
             if upload is not None:
                 report = await upload.run(
-                    reader, concurrency=args.concurrency, progress=bar.progress, wait=args.wait
+                    source, concurrency=args.concurrency, progress=bar.progress, wait=args.wait
                 )
             else:
                 method = {"add": client.add, "remove": client.remove, "replace": client.replace}
                 report = await method[mode](
                     name,
-                    reader,
+                    source,
                     concurrency=args.concurrency,
                     progress=bar.progress,
                     chunk_size=args.chunk_size,
@@ -943,6 +981,8 @@ _ASYNC_COMMANDS: Final[
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``batch-audience``; return its exit status."""
     parser = build_parser()
+    # Even a usage error (a bad value next to a key) must not echo the key.
+    _Parser.secrets = _argv_secrets(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     console = Console(_secrets(args))
     logger = logging.getLogger("batch_audience")
@@ -963,8 +1003,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     try:
         if args.command == "fake-server":
             return cmd_fake_server(args, console)
-        with _upload_gc():
-            return asyncio.run(_ASYNC_COMMANDS[args.command](args, console))
+        return asyncio.run(_ASYNC_COMMANDS[args.command](args, console))
     except KeyboardInterrupt:
         checkpoint = _opt(args, "checkpoint", None)
         hint = f": run the same command again to resume from {checkpoint!r}" if checkpoint else ""
@@ -983,21 +1022,3 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         console.err(f"{PROG}: internal error, please report it:")
         console.err(traceback.format_exc().rstrip())
         return EXIT_FAILED
-
-
-@contextlib.contextmanager
-def _upload_gc() -> Iterator[None]:
-    """Fewer garbage collections while millions of short-lived records stream through.
-
-    The collector's default (a young collection every 700 allocations) spends much of an
-    upload's CPU time tracing records that die young anyway; this process is ours, so a
-    higher threshold is safe. Old objects are frozen so full collections skip them.
-    """
-    old = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*old)
-        gc.unfreeze()

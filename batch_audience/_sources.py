@@ -40,8 +40,10 @@ other columns or keys are ignored, so the same file serves for adding and for re
 
 The readers parse; the upload's validator then checks each record (15 attributes, key rule,
 value types...), and ``SourceError.wrap`` turns its error into one that names the line.
-Iterated with ``async for`` (as uploads do), reading and parsing run in a worker thread, a
-batch of records per hop, so file reads never block the event loop.
+A reader is a plain iterable: uploads pull it on the event loop's thread, which for a local
+file costs a few microseconds per 8 KiB read from the page cache. For an input whose reads can
+wait (stdin, a pipe), ``reader.threaded()`` reads and parses a batch of records at a time in
+a worker thread instead, so the event loop stays free (the CLI does this for stdin).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ import csv
 import math
 import re
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from datetime import datetime
 from itertools import islice
 from typing import IO, Any, Final, Literal, TypeAlias
@@ -177,7 +179,7 @@ _Item: TypeAlias = tuple[object, int]
 
 
 class RecordReader:
-    """Records of a CSV or NDJSON byte stream, read lazily; iterate it once, sync or async.
+    """Records of a CSV or NDJSON byte stream, read lazily; iterate it once.
 
     ``line`` is the line the last record handed out starts on, and ``count`` how many records
     were handed out (skipped ones included), so an error raised while the record is being
@@ -268,12 +270,16 @@ class RecordReader:
             self.count += 1
             yield record
 
-    def __aiter__(self) -> AsyncIterator[object]:
-        return self._aiter()
+    def threaded(self) -> AsyncIterable[object]:
+        """The records as an async iterable that reads and parses in a worker thread.
+
+        For inputs whose reads can wait (stdin, a pipe, a network file system): the event loop
+        stays free meanwhile. A local file is faster read directly: a thread hop costs ~1 us
+        per record, a page-cache read a few microseconds per 8 KiB.
+        """
+        return _Threaded(self)
 
     async def _aiter(self) -> AsyncIterator[object]:
-        # File reads block, and parsing holds the CPU: both run in a worker thread, a batch of
-        # records per hop, so the event loop stays free to send and receive meanwhile.
         items = self._claim()
         while True:
             batch, error = await asyncio.to_thread(_pull, items, DEFAULT_BATCH)
@@ -297,6 +303,16 @@ class RecordReader:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _Threaded(AsyncIterable[object]):
+    """A reader's records, read and parsed a batch at a time in a worker thread."""
+
+    def __init__(self, reader: RecordReader) -> None:
+        self.reader = reader
+
+    def __aiter__(self) -> AsyncIterator[object]:
+        return self.reader._aiter()
 
 
 def _pull(items: Iterator[_Item], count: int) -> tuple[list[_Item], BaseException | None]:

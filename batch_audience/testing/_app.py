@@ -8,10 +8,16 @@ reason about it:
 3. with a fault: apply the write first if ``apply=True``, sleep ``delay``, then drop the
    connection, answer the injected status/body, or process the request normally;
 4. processing: rate limiter, route, auth, validation, state change (``_state``);
-5. write the response, then log the exchange.
+5. log the exchange and leave "in flight", then write the response: whoever receives it
+   already finds it in ``requests``.
 
 Faults and the rate limiter come before auth and validation, so a 429 or 5xx from either
 means nothing was applied (unless the fault says ``apply=True``).
+
+By default the server runs on its own thread and event loop, so its CPU time and tasks stay
+out of the caller's loop. State shared with the caller's thread is only touched in steps
+that are atomic under the GIL (single C calls, attribute rebinding), never with a lock the
+caller's loop could block on.
 """
 
 from __future__ import annotations
@@ -103,7 +109,10 @@ class Fault:
       applied unless ``apply=True``.
     - ``retry_after``: sent as ``Retry-After``; a number as seconds, a str verbatim.
     - ``body``: a raw body instead of the JSON error body (``status`` defaults to 200).
-    - ``drop``: close the connection without answering (recorded with status 0).
+    - ``drop``: cut the connection mid-answer: a status line and headers promising a body,
+      then the close (recorded with status 0). The client sees a broken response
+      (aiohttp: ``ClientPayloadError``); a close before any byte would be resent silently
+      by aiohttp for GET/PUT/DELETE, hiding the fault.
     - ``apply``: process the request first (the write lands), then fail as asked.
     - ``delay``: wait this long before answering; without ``status``/``body``/``drop`` the
       request is then processed normally, so a delay past the client's timeout still
@@ -116,7 +125,8 @@ class Fault:
     body: bytes | None = attrs.field(
         default=None, validator=attrs.validators.optional(attrs.validators.instance_of(bytes))
     )
-    # Only with body: its Content-Type (default text/html for "<..." bodies, else text/plain).
+    # Content-Type of the injected answer; by default application/json for error bodies,
+    # and for raw bodies text/html if they start with "<", else text/plain.
     content_type: str | None = None
     # Overrides the symbolic error_code of the JSON error body.
     error_code: str | None = None
@@ -216,9 +226,10 @@ def _masked_headers(headers: Mapping[str, str]) -> CIMultiDictProxy[str]:
 
 
 def _redacted(path: str) -> str:
-    # The 1.x app API key sits in the path; error messages must not echo it.
+    # A 1.x app API key sits in the second segment; error messages must not echo it, even
+    # for a mistyped version. Only 2.x-shaped paths (/2.N/audiences/...) are shown whole.
     parts = path.split("/", 3)
-    if len(parts) > 2 and parts[1] in _V1_VERSIONS:
+    if len(parts) > 2 and parts[2] != "audiences":
         parts[2] = _MASK
     return "/".join(parts)
 
@@ -267,7 +278,14 @@ def _settle_threadsafe(
 
 
 class FakeBatchServer:
-    """An in-process fake of Batch's audience APIs 1.0, 1.1 and 2.x, on 127.0.0.1."""
+    """An in-process fake of Batch's audience APIs 1.0, 1.1 and 2.x, on 127.0.0.1.
+
+    Use it as ``async with FakeBatchServer() as server:``; point clients at ``server.url``
+    with ``server.rest_key`` and ``server.project_key`` (2.x) or ``server.api_key`` (1.x).
+    Inspect with ``audience``/``members``/``requests``, inject failures with ``fail_next``,
+    limit with ``rate_limit``, slow indexing down with ``indexing_delay``. ``threaded=False``
+    serves from the caller's own event loop instead of a thread of its own.
+    """
 
     # Not a test class, whatever pytest thinks of the name.
     __test__ = False

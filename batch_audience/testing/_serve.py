@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 
@@ -32,6 +33,8 @@ def run_fake_server(
         project_key=project_key,
         api_key=api_key,
         indexing_delay=indexing_delay,
+        # The process is the server's alone: no caller loop to keep clear of its work.
+        threaded=False,
     )
     # Ctrl-C before the loop's own handler is installed still ends quietly.
     with contextlib.suppress(KeyboardInterrupt):
@@ -50,6 +53,9 @@ async def _serve(server: FakeBatchServer) -> None:
         installed.append(signum)
     try:
         async with server:
+            # Park everything loaded so far out of the collector's reach: full collections
+            # then only walk what serving allocates, not the whole interpreter.
+            gc.freeze()
             lines = (
                 f"url: {server.url}\n"
                 f"rest_key: {server.rest_key}\n"
@@ -61,5 +67,6 @@ async def _serve(server: FakeBatchServer) -> None:
             sys.stdout.flush()
             await stop.wait()
     finally:
+        gc.unfreeze()
         for signum in installed:
             loop.remove_signal_handler(signum)

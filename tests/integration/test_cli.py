@@ -319,6 +319,8 @@ async def test_exit_statuses_for_api_and_usage_failures(
         server, "upload", "x", "-", "--format", "csv", "--checkpoint", "c", stdin=b""
     )
     assert stdin_checkpoint.code == 2 and "not stdin" in stdin_checkpoint.err
+    misplaced = await cli(None, "--rest-key", REST, "list", "--concurrency", REST)
+    assert misplaced.code == 2 and "unrecognized arguments: --concurrency ***" in misplaced.err
     replace_v10 = await cli(server, "--api", "1.0", "upload", "x", str(path), "--mode", "replace")
     assert replace_v10.code == 2 and "replace is not supported" in replace_v10.err
 

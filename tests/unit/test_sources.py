@@ -280,12 +280,12 @@ def test_open_records_by_extension_and_from_stdin(tmp_path: Path) -> None:
 
 
 async def test_async_iteration_reads_in_a_thread_and_keeps_lines(tmp_path: Path) -> None:
-    """``async for`` parses off the loop (blockbuster stays quiet) and tracks each record's line."""
+    """threaded() parses off the loop (blockbuster stays quiet) and tracks each record's line."""
     path = tmp_path / "big.csv"
     path.write_text("id,int:n\n" + "".join(f"u-{i},{i}\n\n" for i in range(2500)))
     reader = await _open(path)
     lines = []
-    async for record in reader:
+    async for record in reader.threaded():
         lines.append((record["id"], reader.line))  # type: ignore[index]
     reader.close()
     assert len(lines) == 2500
@@ -307,7 +307,7 @@ async def test_async_iteration_yields_records_before_the_bad_one(tmp_path: Path)
 
 async def collect(reader: RecordReader, into: list[object]) -> None:
     """Append every record of the reader to ``into``, reading it with ``async for``."""
-    async for record in reader:
+    async for record in reader.threaded():
         into.append(record)
 
 
