@@ -7,10 +7,22 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
+from hypothesis import HealthCheck, settings
 
 import batch_audience as ba
 from batch_audience import RetryPolicy
 from batch_audience.testing import FakeBatchServer
+
+
+# CI machines are shared and slow at times: timing health checks would make the suite flaky,
+# and a fixed seed keeps every run of the same code identical.
+settings.register_profile(
+    "batch_audience",
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile("batch_audience")
 
 
 class RecordingSleep:
