@@ -22,6 +22,8 @@ _V2_VERSION: Final = re.compile(r"^2\.[0-9]+$")
 _V1_TYPES: Final = {"1.0": ("custom_ids", "advertising_ids"), "1.1": ("install_ids",)}
 
 Method = Literal["GET", "POST", "PATCH", "PUT", "DELETE"]
+# Wire entries, or the JSON array of them already encoded (embedded verbatim by orjson).
+Entries = Sequence[Mapping[str, Any]] | orjson.Fragment
 
 
 @attrs.frozen(slots=True)
@@ -79,13 +81,11 @@ class Endpoints:
         """The route that deletes the whole audience."""
         raise NotImplementedError
 
-    def update(
-        self, name: str, entries: Sequence[Mapping[str, Any]], audience_type: str | None
-    ) -> ApiRoute:
+    def update(self, name: str, entries: Entries, audience_type: str | None) -> ApiRoute:
         """The add/remove route for at most 10,000 wire entries."""
         raise NotImplementedError
 
-    def replace(self, name: str, entries: Sequence[Mapping[str, Any]]) -> ApiRoute:
+    def replace(self, name: str, entries: Entries) -> ApiRoute:
         """The replace route for at most 10,000 wire entries."""
         raise UnsupportedOperation(
             "replace", self.version, "use Custom Audience API 1.1 or Audience API 2.x"
@@ -176,16 +176,14 @@ class V1Endpoints(Endpoints):
     def delete(self, name: str) -> ApiRoute:
         return ApiRoute("delete", "DELETE", self._one(name))
 
-    def update(
-        self, name: str, entries: Sequence[Mapping[str, Any]], audience_type: str | None
-    ) -> ApiRoute:
+    def update(self, name: str, entries: Entries, audience_type: str | None) -> ApiRoute:
         body: dict[str, Any] = {"ids": entries}
         if self.version == "1.0":
             # 1.0 PATCH names the audience's type in every body (spec §3.2).
             body = {"type": self.check_type(audience_type or self.default_type()), "ids": entries}
         return ApiRoute("update", "PATCH", self._one(name), body=orjson.dumps(body))
 
-    def replace(self, name: str, entries: Sequence[Mapping[str, Any]]) -> ApiRoute:
+    def replace(self, name: str, entries: Entries) -> ApiRoute:
         if self.version != "1.1":
             return super().replace(name, entries)
         return ApiRoute("replace", "PUT", self._one(name), body=orjson.dumps({"ids": entries}))
@@ -260,12 +258,10 @@ class V2Endpoints(Endpoints):
         body = orjson.dumps({"name": check_audience_name(name)})
         return ApiRoute("delete", "POST", self._path("remove"), body=body)
 
-    def update(
-        self, name: str, entries: Sequence[Mapping[str, Any]], audience_type: str | None
-    ) -> ApiRoute:
+    def update(self, name: str, entries: Entries, audience_type: str | None) -> ApiRoute:
         body = orjson.dumps({"name": check_audience_name(name), "ids": entries})
         return ApiRoute("update", "POST", self._path("update"), body=body)
 
-    def replace(self, name: str, entries: Sequence[Mapping[str, Any]]) -> ApiRoute:
+    def replace(self, name: str, entries: Entries) -> ApiRoute:
         body = orjson.dumps({"name": check_audience_name(name), "ids": entries})
         return ApiRoute("replace", "POST", self._path("replace"), body=body)

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterable, Callable, Iterable
 from typing import Any, Final, Literal
 
 import attrs
+import orjson
 
 from ._chunker import Chunk, aiter_chunks
 from ._endpoints import ApiRoute, Endpoints
@@ -82,6 +83,25 @@ async def _release(entries: list[dict[str, Any]]) -> None:
         del entries[-_FREE_STEP:]
         if entries:
             await asyncio.sleep(0)
+
+
+# Entries encoded per step: one orjson call on a whole 10,000-entry chunk holds the loop for
+# 3-8 ms (attributes, tags, dates); slices of 1,000 keep each hold under 1 ms.
+_ENCODE_STEP: Final = 500
+
+
+async def _encode(entries: list[dict[str, Any]]) -> orjson.Fragment:
+    """The entries as one JSON array, encoded a slice at a time, then freed the same way."""
+    parts: list[bytes | memoryview] = [b"["]
+    for begin in range(0, len(entries), _ENCODE_STEP):
+        if begin:
+            parts.append(b",")
+        # Each slice encodes to "[...]": keep what is between the brackets, without a copy.
+        parts.append(memoryview(orjson.dumps(entries[begin : begin + _ENCODE_STEP]))[1:-1])
+        await asyncio.sleep(0)
+    parts.append(b"]")
+    await _release(entries)
+    return orjson.Fragment(b"".join(parts))
 
 
 @attrs.define
@@ -195,8 +215,9 @@ async def run_upload(
     async def send_update(chunk: Chunk) -> Response:
         # Encoding runs in the task, and the entries are freed before the wait for the answer:
         # memory holds the encoded bodies in flight, not their dicts as well.
-        route = endpoints.update(name, chunk.entries, audience_type)
-        await _release(chunk.entries)
+        route = endpoints.update(name, await _encode(chunk.entries), audience_type)
+        # Building the body and writing it to the socket each copy megabytes: not in one turn.
+        await asyncio.sleep(0)
         return await send(route)
 
     async def reap(return_when: str) -> None:
@@ -213,6 +234,14 @@ async def run_upload(
         if failure is not None:
             raise failure
 
+    async def overlaps(chunk: Chunk) -> bool:
+        # One 10,000-ID comparison per chunk in flight, with a turn for the loop in between.
+        for other in list(pending.values()):
+            if not chunk.ids.isdisjoint(other.ids):
+                return True
+            await asyncio.sleep(0)
+        return False
+
     async def pump() -> None:
         replace_pending = operation == "replace" and not skip_replace
         sent_any = False
@@ -222,15 +251,11 @@ async def run_upload(
                 replace_pending = False
                 for entry in chunk.entries:
                     del entry["action"]
-                route = endpoints.replace(name, chunk.entries)
                 sent = _Sent(chunk.index, chunk.start, len(chunk), chunk.ids)
-                await _release(chunk.entries)
+                route = endpoints.replace(name, await _encode(chunk.entries))
                 acknowledge(sent, await send(route))
                 continue
-            while pending and (
-                len(pending) >= limiter.limit
-                or any(not chunk.ids.isdisjoint(other.ids) for other in pending.values())
-            ):
+            while pending and (len(pending) >= limiter.limit or await overlaps(chunk)):
                 await reap(asyncio.FIRST_COMPLETED)
             sent = _Sent(chunk.index, chunk.start, len(chunk), chunk.ids)
             pending[asyncio.create_task(send_update(chunk))] = sent

@@ -31,7 +31,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, Self, cast, final
+from typing import TYPE_CHECKING, Any, Final, Literal, Self, final
 
 import attrs
 import orjson
@@ -585,9 +585,7 @@ class AudienceWriter:
             self._type_known = True
         # The route builder writes the body; the ids array goes in as raw JSON (one Fragment).
         ids = orjson.Fragment(bytes(batch.json))
-        route = self._endpoints.update(
-            self._name, cast(Sequence[Mapping[str, Any]], ids), self._audience_type
-        )
+        route = self._endpoints.update(self._name, ids, self._audience_type)
         response = await self._session.send(route, on_retry=self._count_retry)
         self._acked += batch.count
         self._requests += 1

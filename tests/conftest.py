@@ -13,7 +13,6 @@ import batch_audience as ba
 from batch_audience import RetryPolicy
 from batch_audience.testing import FakeBatchServer
 
-
 # CI machines are shared and slow at times: timing health checks would make the suite flaky,
 # and a fixed seed keeps every run of the same code identical.
 settings.register_profile(
