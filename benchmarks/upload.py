@@ -187,6 +187,9 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=1_000_000, help="records (default 1,000,000)")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--skip-requests", action="store_true", help="skip the slow requests loop")
+    parser.add_argument(
+        "--uploaders", default="lib,raw,requests", help="comma-separated subset to run"
+    )
     parser.add_argument("--only", choices=["lib", "raw", "requests"], help=argparse.SUPPRESS)
     for hidden in ("url", "rest_key", "api_key", "audience"):
         parser.add_argument(f"--{hidden}", help=argparse.SUPPRESS)
@@ -194,7 +197,7 @@ def main() -> None:
     if opts.only:
         child(opts)
         return
-    names = ["lib", "raw"] + ([] if opts.skip_requests else ["requests"])
+    names = [n for n in opts.uploaders.split(",") if not (opts.skip_requests and n == "requests")]
     results: dict[str, dict[str, Any]] = {}
     with fake_server_process() as fake:
         for name in names:
@@ -216,7 +219,7 @@ def main() -> None:
             ]
             results[name] = run_in_child(__file__, args)
             print(f"  {name}: done in {results[name]['elapsed']:.1f} s", file=sys.stderr)
-    raw_rate = opts.n / results["raw"]["elapsed"]
+    raw_rate = opts.n / results["raw"]["elapsed"] if "raw" in results else float("nan")
     print(
         f"\n{opts.n:,} records, concurrency {opts.concurrency}, Python {sys.version.split()[0]}\n"
     )
