@@ -27,11 +27,19 @@ class FakeProcess:
 
 
 @contextlib.contextmanager
-def fake_server_process(indexing_delay: float = 0.0) -> Iterator[FakeProcess]:
-    """Start `batch_audience.testing` in a separate process on 127.0.0.1 and stop it after."""
+def fake_server_process(
+    indexing_delay: float = 0.0, chaos: dict[str, Any] | None = None
+) -> Iterator[FakeProcess]:
+    """Start `batch_audience.testing` in a separate process on 127.0.0.1 and stop it after.
+
+    ``chaos`` holds the fields of a ``batch_audience.testing.Chaos`` (plain numbers, strings,
+    tuples): the server then starts in chaos mode.
+    """
+    chaos_arg = "None" if chaos is None else f"Chaos(**{chaos!r})"
     code = (
+        "from batch_audience.testing import Chaos; "
         "from batch_audience.testing._serve import run_fake_server; "
-        f"run_fake_server(port=0, indexing_delay={indexing_delay!r})"
+        f"run_fake_server(port=0, indexing_delay={indexing_delay!r}, chaos={chaos_arg})"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, bufsize=1

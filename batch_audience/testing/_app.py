@@ -3,16 +3,30 @@
 One catch-all aiohttp.web handler does the whole exchange in a fixed order, so tests can
 reason about it:
 
-1. count the request in flight and take the first queued ``Fault`` that matches it;
+1. count the request in flight and take the first queued ``Fault`` that matches it, or,
+   with chaos mode on (``chaos``) and no queued fault, draw one at random;
 2. read the body and decode it once (the request log counts its ``ids`` entries);
 3. with a fault: apply the write first if ``apply=True``, sleep ``delay``, then drop the
    connection, answer the injected status/body, or process the request normally;
 4. processing: rate limiter, route, auth, validation, state change (``_state``);
 5. log the exchange and leave "in flight", then write the response: whoever receives it
-   already finds it in ``requests``.
+   already finds it in ``requests``. A ``slow_body`` fault writes it in pieces, spread over
+   that many seconds.
 
 Faults and the rate limiter come before auth and validation, so a 429 or 5xx from either
 means nothing was applied (unless the fault says ``apply=True``).
+
+Order of writes. A write takes effect when step 4 runs, so writes are applied in the order
+their processing starts (one event loop: no two at once). A ``delay`` *without* ``apply``
+holds a request *before* that point, like a busy worker or a proxy queue in front of the
+real API: it lands when the delay ends, after any write that arrived meanwhile, even when
+the client gave up on it long before. This is kept on purpose, not forced into arrival
+order: Batch documents no ordering across requests (spec §8), a real front end does not
+stop other workers while one request is stuck, and it is exactly the hazard "outcome
+unknown" means. No client can order such a late landing without help from the server (a
+sequence number or an idempotency key, neither documented). ``apply=True`` models the other
+outcome-unknown case, a write that landed whose answer is late or lost; chaos mode uses only
+that one, since its runs check exact final states.
 
 By default the server runs on its own thread and event loop, so its CPU time and tasks stay
 out of the caller's loop. State shared with the caller's thread is only touched in steps
@@ -25,7 +39,9 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import hashlib
 import math
+import random
 import re
 import secrets
 import threading
@@ -33,7 +49,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import Any, Final, NamedTuple, Self
+from typing import Any, ClassVar, Final, NamedTuple, Self
 
 import attrs
 import orjson
@@ -42,12 +58,21 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._state import FakeApiError, FakeAudience, FakeMember, FakeState, parse_body
 
-__all__ = ["CLIENT_MAX_SIZE", "FakeBatchServer", "Fault", "RateLimit", "RecordedRequest"]
+__all__ = [
+    "CLIENT_MAX_SIZE",
+    "Chaos",
+    "FakeBatchServer",
+    "Fault",
+    "RateLimit",
+    "RecordedRequest",
+]
 
 # Bytes: a 10,000-entry body with 15 attributes each is ~10-20 MB; aiohttp's default is 1 MiB.
 CLIENT_MAX_SIZE: Final = 64 * 1024 * 1024
 # Seconds aiohttp waits for handlers at close; delayed handlers are woken first anyway.
 _SHUTDOWN_TIMEOUT: Final = 2.0
+# A slow_body answer is written in at most this many pieces.
+_SLOW_PIECES: Final = 8
 _JSON: Final = "application/json"
 _MASK: Final = "***"
 _SECRET_HEADERS: Final = frozenset({"authorization", "x-authorization", "x-batch-project"})
@@ -116,7 +141,11 @@ class Fault:
     - ``apply``: process the request first (the write lands), then fail as asked.
     - ``delay``: wait this long before answering; without ``status``/``body``/``drop`` the
       request is then processed normally, so a delay past the client's timeout still
-      applies the write, as a real server would.
+      applies the write, as a real server would (see "Order of writes" in the module doc).
+    - ``slow_body``: send the status line and headers at once, then the body in up to 8
+      pieces spread over this many seconds. Shorter than the client's timeout it exercises
+      the client's read path; longer, the client times out mid-body (the write, processed
+      as usual, has landed: outcome unknown).
     - ``path``/``method``: only match requests whose path contains ``path`` / this method.
     """
 
@@ -133,11 +162,12 @@ class Fault:
     drop: bool = False
     apply: bool = False
     delay: float = attrs.field(default=0.0, validator=_check_seconds)  # seconds
+    slow_body: float = attrs.field(default=0.0, validator=_check_seconds)  # seconds
     path: str | None = None
     method: str | None = attrs.field(default=None, converter=_upper)
 
     def __attrs_post_init__(self) -> None:
-        if self.drop and (self.status is not None or self.body is not None):
+        if self.drop and (self.status is not None or self.body is not None or self.slow_body):
             raise ValueError("a dropped connection sends no status or body; pass drop alone")
         if self.apply and not (
             self.drop or self.delay or self.status is not None or self.body is not None
@@ -169,6 +199,132 @@ class RateLimit:
     burst: int = attrs.field(default=1, validator=_check_burst)  # requests
 
 
+def _check_rate_of_faults(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"rate must be a probability from 0 to 1, got {value!r}")
+
+
+def _check_seed(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if type(value) is not int:
+        raise ValueError(f"seed must be an int, got {value!r}")
+
+
+def _weighted_kinds(
+    kinds: Iterable[str] | Mapping[str, float],
+) -> tuple[tuple[str, float], ...]:
+    if isinstance(kinds, str):
+        raise ValueError(f"kinds must be a sequence or mapping of kinds, not the str {kinds!r}")
+    pairs = list(kinds.items()) if isinstance(kinds, Mapping) else [(k, 1.0) for k in kinds]
+    if not pairs:
+        raise ValueError(f"kinds must name at least one of {', '.join(Chaos.KINDS)}")
+    for kind, weight in pairs:
+        if kind not in Chaos.KINDS:
+            raise ValueError(f"unknown chaos kind {kind!r}; choose from {', '.join(Chaos.KINDS)}")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+            raise ValueError(f"the weight of {kind!r} must be a number > 0, got {weight!r}")
+    if len({kind for kind, _ in pairs}) != len(pairs):
+        raise ValueError("kinds must not repeat a kind")
+    return tuple((kind, float(weight)) for kind, weight in pairs)
+
+
+def _seconds_range(value: Iterable[float]) -> tuple[float, float]:
+    low, high = value
+    for bound in (low, high):
+        if isinstance(bound, bool) or not isinstance(bound, int | float) or not 0 <= bound < 3600:
+            raise ValueError(f"retry_after bounds must be seconds from 0 to 3600, got {bound!r}")
+    if low > high:
+        raise ValueError(f"retry_after must be (low, high) with low <= high, got {(low, high)!r}")
+    return (float(low), float(high))
+
+
+@attrs.frozen(kw_only=True)
+class Chaos:
+    """Seeded random faults: each matching request fails with probability ``rate``.
+
+    Start it with ``FakeBatchServer.chaos(rate, seed=…)``. Each matching request that no
+    queued ``fail_next`` fault took draws from one ``random.Random(seed)``, in the order
+    requests reach the server: with probability ``rate`` it gets a fault of one of
+    ``kinds`` (equal odds, or the weights of a mapping). With several requests in flight
+    the arrival order, and so which request gets which fault, depends on timing; the mix
+    and the count per number of requests do not. ``RecordedRequest.chaos`` names the kind
+    drawn and ``RecordedRequest.fault`` holds the Fault applied.
+
+    Kinds. Whenever the client times out, the write has landed first: a request held
+    unapplied past the client's timeout could land after a later write ("Order of writes"
+    in this module's docstring), and chaos runs must end in one exact, known state.
+
+    - ``"429"``: refused with ``Retry-After`` drawn uniformly from ``retry_after`` seconds
+      (two decimals); nothing applied.
+    - ``"500"``, ``"502"``, ``"503"``, ``"504"``: that status; nothing applied.
+    - ``"drop"``: the connection is cut mid-answer; nothing applied.
+    - ``"drop_applied"``: applied, then cut (outcome unknown to the client).
+    - ``"stall"``: applied, then answered after ``stall`` seconds: set it past the client's
+      timeout, so the client gives up on a write that landed.
+    - ``"stall_body"``: applied, headers at once, the body spread over ``stall`` seconds:
+      the client times out mid-body.
+    - ``"slow_body"``: applied, the body spread over ``slow_body`` seconds: set it under the
+      client's timeout, so the client reads a body that arrives in pieces, and succeeds.
+    """
+
+    KINDS: ClassVar[tuple[str, ...]] = (
+        "429",
+        "500",
+        "502",
+        "503",
+        "504",
+        "drop",
+        "drop_applied",
+        "stall",
+        "stall_body",
+        "slow_body",
+    )
+
+    rate: float = attrs.field(validator=_check_rate_of_faults)  # probability per request
+    seed: int = attrs.field(default=0, validator=_check_seed)
+    kinds: tuple[tuple[str, float], ...] = attrs.field(
+        default=KINDS, converter=_weighted_kinds
+    )  # (kind, weight) pairs
+    path: str | None = None  # only requests whose path contains this
+    method: str | None = attrs.field(default=None, converter=_upper)
+    retry_after: tuple[float, float] = attrs.field(
+        default=(0.0, 1.0), converter=_seconds_range
+    )  # seconds, (low, high)
+    stall: float = attrs.field(default=2.0, validator=_check_seconds)  # seconds
+    slow_body: float = attrs.field(default=0.2, validator=_check_seconds)  # seconds
+
+    def matches(self, method: str, path: str) -> bool:
+        """Whether chaos draws for a request with this method and path."""
+        return (self.method is None or self.method == method) and (
+            self.path is None or self.path in path
+        )
+
+    def draw(self, rng: random.Random) -> tuple[str, Fault] | None:
+        """Draw for one request: None (no fault), or the kind and the Fault to apply."""
+        if rng.random() >= self.rate:
+            return None
+        names = [kind for kind, _ in self.kinds]
+        kind = rng.choices(names, weights=[weight for _, weight in self.kinds])[0]
+        return kind, self.fault(kind, rng)
+
+    def fault(self, kind: str, rng: random.Random) -> Fault:
+        """The Fault of one kind (a 429 draws its Retry-After from ``rng``)."""
+        if kind == "429":
+            return Fault(status=429, retry_after=round(rng.uniform(*self.retry_after), 2))
+        if kind in ("500", "502", "503", "504"):
+            return Fault(status=int(kind))
+        if kind == "drop":
+            return Fault(drop=True)
+        if kind == "drop_applied":
+            return Fault(drop=True, apply=True)
+        if kind == "stall":
+            return Fault(delay=self.stall, apply=True)
+        if kind == "stall_body":
+            return Fault(slow_body=self.stall)
+        if kind == "slow_body":
+            return Fault(slow_body=self.slow_body)
+        raise ValueError(f"unknown chaos kind {kind!r}")  # pragma: no cover - validated
+
+
 def _body_repr(body: bytes | None) -> str:
     # Bodies can hold 10,000 entries: show their size, never their content.
     return "None" if body is None else f"<{len(body)} bytes>"
@@ -187,6 +343,11 @@ class RecordedRequest:
     answered: float  # time.monotonic() when the response was written (or the drop)
     retry_after: str | None = None
     fault: Fault | None = None
+    # The chaos kind drawn for this request (see Chaos); None for a queued fault or none.
+    chaos: str | None = None
+    # blake2b (8 bytes, hex) of the request body, None without one: tells a retry of one
+    # body (the client resends the same bytes) from another body, without keeping bodies.
+    digest: str | None = None
     body: bytes | None = attrs.field(default=None, repr=_body_repr)  # with record_bodies only
     # Authorization, X-Authorization and X-Batch-Project values are replaced by "***".
     headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
@@ -282,9 +443,10 @@ class FakeBatchServer:
 
     Use it as ``async with FakeBatchServer() as server:``; point clients at ``server.url``
     with ``server.rest_key`` and ``server.project_key`` (2.x) or ``server.api_key`` (1.x).
-    Inspect with ``audience``/``members``/``requests``, inject failures with ``fail_next``,
-    limit with ``rate_limit``, slow indexing down with ``indexing_delay``. ``threaded=False``
-    serves from the caller's own event loop instead of a thread of its own.
+    Inspect with ``audience``/``members``/``requests``, inject failures with ``fail_next``
+    or at random with ``chaos``, limit with ``rate_limit``, slow indexing down with
+    ``indexing_delay``. ``threaded=False`` serves from the caller's own event loop instead
+    of a thread of its own.
     """
 
     # Not a test class, whatever pytest thinks of the name.
@@ -327,6 +489,8 @@ class FakeBatchServer:
         # (credential, project/app key) -> (tokens left, monotonic time of that count)
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
         self._faults: deque[Fault] = deque()
+        # Chaos mode: the settings and their generator, rebound together (one store).
+        self._chaos: tuple[Chaos, random.Random] | None = None
         # Serve from a thread with its own event loop, so that the fake's CPU work and tasks
         # never show up in the caller's loop (loop-lag and leaked-task checks measure the
         # client alone); False serves from the caller's loop, like aiohttp's TestServer.
@@ -619,6 +783,59 @@ class FakeBatchServer:
         """Drop every queued fault."""
         self._faults.clear()
 
+    def chaos(
+        self,
+        rate: float | Chaos | None,
+        *,
+        seed: int = 0,
+        kinds: Iterable[str] | Mapping[str, float] = Chaos.KINDS,
+        path: str | None = None,
+        method: str | None = None,
+        retry_after: tuple[float, float] = (0.0, 1.0),  # seconds
+        stall: float = 2.0,  # seconds
+        slow_body: float = 0.2,  # seconds
+    ) -> Chaos | None:
+        """Fail a random share of requests from now on, seeded; ``chaos(None)`` stops it.
+
+        ``server.chaos(0.1, seed=1234, stall=1.5, path="/audiences/")`` gives each matching
+        request a 10% chance of a fault from the mix described in ``Chaos``; pass a
+        ``Chaos`` instead to reuse one. Each call starts a fresh generator from ``seed``.
+        Queued ``fail_next`` faults still come first. Returns the settings in force.
+        """
+        if rate is None:
+            self._chaos = None
+            return None
+        if isinstance(rate, Chaos):
+            config = rate
+        else:
+            config = Chaos(
+                rate=rate,
+                seed=seed,
+                kinds=kinds,
+                path=path,
+                method=method,
+                retry_after=retry_after,
+                stall=stall,
+                slow_body=slow_body,
+            )
+        self._chaos = (config, random.Random(config.seed))
+        return config
+
+    @property
+    def chaos_settings(self) -> Chaos | None:
+        """The chaos mode in force, or None."""
+        current = self._chaos
+        return None if current is None else current[0]
+
+    def _draw_chaos(self, method: str, path: str) -> tuple[str, Fault] | None:
+        current = self._chaos
+        if current is None:
+            return None
+        config, rng = current
+        if not config.matches(method, path):
+            return None
+        return config.draw(rng)
+
     def _take_fault(self, method: str, path: str) -> Fault | None:
         faults = self._faults
         # A snapshot (one C call): another thread may be queueing faults meanwhile. Only this
@@ -643,6 +860,11 @@ class FakeBatchServer:
         path = request.path
         # Faults are matched at arrival, so FIFO order follows arrival order.
         fault = self._take_fault(method, path) if self._faults else None
+        chaos: str | None = None
+        if fault is None and self._chaos is not None:
+            drawn = self._draw_chaos(method, path)
+            if drawn is not None:
+                chaos, fault = drawn
         raw: bytes | None = None
         entries = 0
         answer: _Answer | None = None
@@ -690,6 +912,8 @@ class FakeBatchServer:
                     answered=time.monotonic(),
                     retry_after=None if answer is None else answer.retry_after,
                     fault=fault,
+                    chaos=chaos,
+                    digest=hashlib.blake2b(raw, digest_size=8).hexdigest() if raw else None,
                     body=raw if self.record_bodies else None,
                     headers=_masked_headers(request.headers),
                 )
@@ -698,6 +922,8 @@ class FakeBatchServer:
             _drop(request)
             # Never written: the transport is closed, so aiohttp gives up quietly.
             return web.Response()
+        if fault is not None and fault.slow_body:
+            return await self._answer_slowly(request, answer, fault.slow_body)
         response = web.Response(
             body=answer.body, status=answer.status, content_type=answer.content_type
         )
@@ -708,6 +934,33 @@ class FakeBatchServer:
             await response.write_eof()
         except ConnectionError:
             pass  # the client gave up first (its timeout); a real server shrugs too
+        return response
+
+    async def _answer_slowly(
+        self, request: web.Request, answer: _Answer, seconds: float
+    ) -> web.StreamResponse:
+        """Send the headers now and the body in pieces, the last one ``seconds`` later."""
+        body = answer.body
+        size = max(1, -(-len(body) // _SLOW_PIECES))
+        pieces = [body[at : at + size] for at in range(0, len(body), size)] or [b""]
+        pause = seconds / max(1, len(pieces) - 1)
+        response = web.StreamResponse(status=answer.status)
+        response.content_type = answer.content_type
+        response.content_length = len(body)
+        if answer.retry_after is not None:
+            response.headers["Retry-After"] = answer.retry_after
+        try:
+            await response.prepare(request)  # the status line and headers go out at once
+            for index, piece in enumerate(pieces):
+                if (index or len(pieces) == 1) and not await self._sleep(pause):
+                    # The server is closing: cut the body short, as a dying server would.
+                    if request.transport is not None:
+                        request.transport.close()
+                    return response
+                await response.write(piece)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client gave up mid-body (its timeout): nothing more to send
         return response
 
     def _record(self, recorded: RecordedRequest) -> None:

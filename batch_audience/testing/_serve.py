@@ -8,7 +8,7 @@ import gc
 import signal
 import sys
 
-from ._app import FakeBatchServer
+from ._app import Chaos, FakeBatchServer
 
 __all__ = ["run_fake_server"]
 
@@ -21,10 +21,12 @@ def run_fake_server(
     project_key: str | None = None,
     api_key: str | None = None,
     indexing_delay: float = 0.0,  # seconds
+    chaos: Chaos | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM; print ``url:`` and the keys, one per line, first.
 
-    Blocks. Port 0 picks a free port. Keys left as None are random.
+    Blocks. Port 0 picks a free port. Keys left as None are random. ``chaos`` starts the
+    server in chaos mode (``FakeBatchServer.chaos``), e.g. for a soak test in another process.
     """
     server = FakeBatchServer(
         host=host,
@@ -36,6 +38,8 @@ def run_fake_server(
         # The process is the server's alone: no caller loop to keep clear of its work.
         threaded=False,
     )
+    if chaos is not None:
+        server.chaos(chaos)
     # Ctrl-C before the loop's own handler is installed still ends quietly.
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(server))

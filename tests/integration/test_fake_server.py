@@ -1,12 +1,14 @@
 """The fake Batch server over real HTTP, driven with raw aiohttp requests (no library client).
 
 Every route of the three API generations, the spec §6.2 error rows, validation, indexing
-tokens, list paging, faults, the rate limiter, the request log and the standalone runner.
+tokens, list paging, faults, the rate limiter, the request log, the standalone runner and
+chaos mode.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import email.utils
 import io
@@ -24,6 +26,7 @@ import orjson
 import pytest
 
 from batch_audience.testing import (
+    Chaos,
     FakeAudience,
     FakeBatchServer,
     FakeMember,
@@ -1629,6 +1632,258 @@ async def test_run_fake_server_prints_its_keys_and_stops_on_a_signal(
         ) as resp:
             assert (await resp.json())["indexing_state"] == "IN_PROGRESS"
         process.send_signal(stop)
+        assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+# -- chaos mode ---------------------------------------------------------------------------------
+
+
+async def chaos_kinds(api: Api, count: int) -> list[str | None]:
+    """Send ``count`` list requests one after the other; the chaos kind each one drew."""
+    server = api.server
+    start = len(server.requests)
+    for _ in range(count):
+        with contextlib.suppress(aiohttp.ClientError):  # a drop
+            await api.v2("list", timeout=5)
+    return [r.chaos for r in server.requests[start:]]
+
+
+async def test_chaos_is_seeded_and_hits_about_rate_of_requests(
+    api: Api, server: FakeBatchServer
+) -> None:
+    """The same seed draws the same faults for the same request sequence, at about ``rate``."""
+    kinds = ["429", "500", "502", "503", "504", "drop"]
+    server.chaos(0.3, seed=7, kinds=kinds, retry_after=(0, 0))
+    first = await chaos_kinds(api, 200)
+    server.chaos(0.3, seed=7, kinds=kinds, retry_after=(0, 0))
+    again = await chaos_kinds(api, 200)
+    server.chaos(0.3, seed=8, kinds=kinds, retry_after=(0, 0))
+    other = await chaos_kinds(api, 200)
+    assert first == again != other
+    hits = [kind for kind in first if kind is not None]
+    # Binomial(200, 0.3): mean 60, sd 6.5; the seed is fixed, the bound is for readers.
+    assert 35 <= len(hits) <= 85
+    assert set(hits) == set(kinds)
+    for recorded in server.requests[-200:]:
+        assert (recorded.fault is None) == (recorded.chaos is None)
+        kind = recorded.chaos
+        assert recorded.status == (200 if kind is None else 0 if kind == "drop" else int(kind))
+    server.chaos(None)
+    assert server.chaos_settings is None
+    assert await chaos_kinds(api, 20) == [None] * 20
+
+
+async def test_chaos_weights_filters_and_queued_faults(api: Api, server: FakeBatchServer) -> None:
+    """Weights pick the mix, path/method pick the requests, and a queued fault comes first."""
+    await api.create("a")
+    settings = server.chaos(1.0, seed=1, kinds={"503": 1, "500": 0.001}, path="/audiences/upd")
+    assert settings is server.chaos_settings and settings is not None
+    assert settings.kinds == (("503", 1.0), ("500", 0.001))
+    assert (await api.v2("list")).status == 200  # another path: untouched
+    server.fail_next(status=404)
+    assert (await api.update("a", [add("x")])).status == 404
+    assert server.requests[-1].chaos is None
+    statuses = [(await api.update("a", [add("x")])).status for _ in range(20)]
+    assert statuses == [503] * 20
+    assert server.members("a") == {}
+    server.chaos(Chaos(rate=1.0, kinds=["500"], method="get"))
+    assert (await api.update("a", [add("x")])).status == 202
+    assert (await api.v2("view", params={"name": "a"})).status == 500
+
+
+async def test_chaos_429_draws_retry_after_in_range(api: Api, server: FakeBatchServer) -> None:
+    """A chaos 429 applies nothing and sends Retry-After in seconds, two decimals, in range."""
+    await api.create("a")
+    server.chaos(1.0, seed=3, kinds=["429"], retry_after=(0.25, 0.75))
+    values = []
+    for _ in range(30):
+        reply = await api.update("a", [add("x")])
+        assert (reply.status, reply.code) == (429, "TOO_MANY_REQUESTS")
+        values.append(float(reply.headers["Retry-After"]))
+        assert server.requests[-1].retry_after == reply.headers["Retry-After"]
+    assert all(0.25 <= v <= 0.75 and round(v, 2) == v for v in values)
+    assert len(set(values)) > 10
+    assert server.members("a") == {}
+
+
+@pytest.mark.parametrize(
+    ("kind", "landed"),
+    [pytest.param("drop", False, id="drop"), pytest.param("drop_applied", True, id="applied")],
+)
+async def test_chaos_drops(api: Api, server: FakeBatchServer, kind: str, landed: bool) -> None:
+    """A chaos drop cuts the answer; drop_applied lands the write first."""
+    await api.create("a")
+    server.chaos(1.0, kinds=[kind])
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await api.update("a", [add("x")])
+    assert set(server.members("a")) == ({"x"} if landed else set())
+    last = server.requests[-1]
+    assert (last.status, last.chaos, last.fault) == (0, kind, Fault(drop=True, apply=landed))
+
+
+async def test_chaos_stall_lands_the_write_then_answers_late(
+    api: Api, server: FakeBatchServer
+) -> None:
+    """A chaos stall applies the write at once and answers ``stall`` seconds later."""
+    await api.create("a")
+    server.chaos(1.0, kinds=["stall"], stall=0.3)
+    with pytest.raises(asyncio.TimeoutError):
+        await api.v2("update", {"name": "a", "ids": [add("x")]}, timeout=0.1)
+    assert set(server.members("a")) == {"x"}  # landed before the client gave up
+    while server.in_flight:
+        await asyncio.sleep(0.01)
+    last = server.requests[-1]
+    assert (last.status, last.chaos, last.fault) == (202, "stall", Fault(delay=0.3, apply=True))
+    assert last.elapsed >= 0.3
+
+
+async def read_in_pieces(api: Api, timeout: float) -> tuple[int, float, list[tuple[float, int]]]:
+    """Update x; return the status, when the headers came, and (time, size) of each body piece."""
+    server = api.server
+    started = time.monotonic()
+    async with api.http.post(
+        server.url + "/2.8/audiences/update",
+        headers=api.v2_headers(),
+        data=orjson.dumps({"name": "a", "ids": [add("x")]}),
+        timeout=aiohttp.ClientTimeout(total=timeout),
+    ) as resp:
+        headers_at = time.monotonic() - started
+        pieces = [
+            (time.monotonic() - started, len(piece)) async for piece in resp.content.iter_any()
+        ]
+        return resp.status, headers_at, pieces
+
+
+async def test_chaos_slow_body_arrives_in_pieces(api: Api, server: FakeBatchServer) -> None:
+    """A slow body sends the headers at once and the body in pieces over ``slow_body`` seconds."""
+    await api.create("a")
+    server.chaos(1.0, kinds=["slow_body"], slow_body=0.4)
+    status, headers_at, pieces = await read_in_pieces(api, timeout=5)
+    assert status == 202 and headers_at < 0.2
+    assert len(pieces) >= 3
+    assert pieces[-1][0] >= 0.4
+    assert sum(size for _, size in pieces) == len(b'{"indexing_token":""}') + 32
+    assert set(server.members("a")) == {"x"}
+    last = server.requests[-1]
+    assert (last.chaos, last.fault) == ("slow_body", Fault(slow_body=0.4))
+
+
+async def test_chaos_stall_body_times_the_client_out_mid_body(
+    api: Api, server: FakeBatchServer
+) -> None:
+    """A stalled body reaches the client's timeout after the headers; the write has landed."""
+    await api.create("a")
+    server.chaos(1.0, kinds=["stall_body"], stall=0.6)
+    with pytest.raises(asyncio.TimeoutError):
+        await read_in_pieces(api, timeout=0.2)
+    assert set(server.members("a")) == {"x"}
+    assert server.requests[-1].fault == Fault(slow_body=0.6)
+    # The server writes on into a closed connection without a fuss, and serves the next one.
+    await asyncio.sleep(0.6)
+    server.chaos(None)
+    assert (await api.v2("list")).status == 200
+
+
+async def test_a_slow_fault_with_a_status(api: Api, server: FakeBatchServer) -> None:
+    """slow_body also spreads out an injected error body; Retry-After still comes first."""
+    server.fail_next(status=429, retry_after=1, slow_body=0.2)
+    started = time.monotonic()
+    reply = await api.v2("list")
+    assert (reply.status, reply.code, reply.headers["Retry-After"]) == (
+        429,
+        "TOO_MANY_REQUESTS",
+        "1",
+    )
+    assert time.monotonic() - started >= 0.2
+
+
+async def test_closing_cuts_a_slow_body_short(http: aiohttp.ClientSession) -> None:
+    """Closing the server mid-body ends the connection instead of waiting the body out."""
+    fake = FakeBatchServer()
+    await fake.start()
+    try:
+        api = Api(fake, http)
+        fake.fail_next(slow_body=30)
+        request = asyncio.create_task(api.v2("list", timeout=10))
+        while not fake.requests:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+    finally:
+        await fake.close()
+    assert time.monotonic() - started < 5
+    with pytest.raises(aiohttp.ClientError):
+        await request
+
+
+async def test_the_log_holds_a_digest_of_each_body(api: Api, server: FakeBatchServer) -> None:
+    """RecordedRequest.digest tells the same body sent twice from another body."""
+    await api.create("a")
+    for ids in ([add("x")], [add("x")], [add("y")]):
+        await api.update("a", ids)
+    first, second, third = server.requests[-3:]
+    assert first.digest == second.digest != third.digest
+    assert first.digest is not None and re.fullmatch(r"[0-9a-f]{16}", first.digest)
+    await api.v2("list")
+    assert server.requests[-1].digest is None
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        pytest.param({"rate": 1.5}, "rate", id="rate-over-one"),
+        pytest.param({"rate": -0.1}, "rate", id="negative-rate"),
+        pytest.param({"rate": True}, "rate", id="bool-rate"),
+        pytest.param({"rate": 0.1, "seed": 1.5}, "seed", id="float-seed"),
+        pytest.param({"rate": 0.1, "kinds": []}, "kinds", id="no-kinds"),
+        pytest.param({"rate": 0.1, "kinds": "429"}, "kinds", id="kinds-as-str"),
+        pytest.param({"rate": 0.1, "kinds": ["418"]}, "418", id="unknown-kind"),
+        pytest.param({"rate": 0.1, "kinds": ["429", "429"]}, "repeat", id="repeated-kind"),
+        pytest.param({"rate": 0.1, "kinds": {"429": 0}}, "weight", id="zero-weight"),
+        pytest.param({"rate": 0.1, "retry_after": (2, 1)}, "retry_after", id="range-reversed"),
+        pytest.param({"rate": 0.1, "retry_after": (-1, 1)}, "retry_after", id="range-negative"),
+        pytest.param({"rate": 0.1, "stall": -1}, "stall", id="negative-stall"),
+        pytest.param({"rate": 0.1, "slow_body": float("inf")}, "slow_body", id="endless-body"),
+    ],
+)
+def test_meaningless_chaos_is_refused(fields: dict[str, Any], match: str) -> None:
+    """Chaos settings that could not mean anything raise ValueError naming the field."""
+    with pytest.raises(ValueError, match=match):
+        Chaos(**fields)
+
+
+def test_slow_body_cannot_go_with_a_drop() -> None:
+    """A dropped connection has no body to send slowly."""
+    with pytest.raises(ValueError, match="drop"):
+        Fault(drop=True, slow_body=1)
+
+
+async def test_the_standalone_runner_can_start_in_chaos_mode(
+    http: aiohttp.ClientSession,
+) -> None:
+    """run_fake_server(chaos=...) serves with chaos mode on from the first request."""
+    code = (
+        "from batch_audience.testing import Chaos; "
+        "from batch_audience.testing._serve import run_fake_server; "
+        "run_fake_server(rest_key='r' * 32, chaos=Chaos(rate=1.0, kinds=['503']))"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
+    )
+    assert process.stdout is not None
+    try:
+        info: dict[str, str] = {}
+        while len(info) < 4:
+            line = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
+            assert line, "the fake server exited early"
+            key, _, value = line.strip().partition(": ")
+            info[key] = value
+        async with http.get(f"{info['url']}/1.1/{info['api_key']}/custom-audience") as resp:
+            assert resp.status == 503
+        process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), timeout=30) == 0
     finally:
         if process.returncode is None:
