@@ -138,6 +138,21 @@ def _structure_datetime(value: Any, _: Any) -> datetime:
     return parse_timestamp(str(value))
 
 
+def _structure_str(value: Any, _: Any) -> str:
+    # cattrs would call str() on anything: a number where a name belongs is a broken answer.
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _structure_int(value: Any, _: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
 converter: Final = cattrs.Converter(forbid_extra_keys=False)
+converter.register_structure_hook(str, _structure_str)
+converter.register_structure_hook(int, _structure_int)
 converter.register_structure_hook(datetime, _structure_datetime)
 converter.register_structure_hook(IndexingState | str | None, _structure_state)
