@@ -30,8 +30,8 @@ __all__ = ["DEFAULT_SLICE_SIZE", "MAX_HOLD", "Chunk", "aiter_chunks", "iter_chun
 DEFAULT_SLICE_SIZE: Final = 1_000  # records pulled, at most, between two yields to the loop
 # Also yield once pulling has held the loop this long (seconds), whatever the count: a slow
 # source (CSV parsing, 15 attributes) can take 5-10 us per record, 5-10 ms per 1,000.
-MAX_HOLD: Final = 0.001
-_STEP: Final = 50  # records between two looks at the clock
+MAX_HOLD: Final = 0.0005
+_STEP: Final = 25  # records between two looks at the clock
 
 _Encode = Callable[[object, int], tuple[str, dict[str, Any]]]
 
