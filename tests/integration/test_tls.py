@@ -12,6 +12,7 @@ from aiohttp import web
 
 import batch_audience as ba
 
+
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 (openssl CLI), made before any loop runs."""
