@@ -21,7 +21,7 @@ from ._config import (
     Timeouts,
 )
 from ._endpoints import Endpoints, V1Endpoints, V2Endpoints, check_page_size
-from ._exceptions import ClientClosedError, UnsupportedOperation, ValidationError
+from ._exceptions import ClientClosedError, TransportError, UnsupportedOperation, ValidationError
 from ._models import AudienceInfo, IndexingState, ProgressCallback, UploadReport, converter
 from ._poller import wait_applied
 from ._redact import mask, redact_url
@@ -48,8 +48,12 @@ class _State(enum.Enum):
 def _check_key(field: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValidationError(f"{field} must be a non-empty string")
-    if any(c in value for c in "\r\n\0") or value != value.strip():
-        raise ValidationError(f"{field} must not contain whitespace at its ends or line breaks")
+    # isprintable() refuses every control character, not only line breaks: aiohttp would
+    # otherwise refuse the header at the first request with a plain ValueError.
+    if not value.isprintable() or value != value.strip():
+        raise ValidationError(
+            f"{field} must not contain whitespace at its ends, line breaks or control characters"
+        )
     return value
 
 
@@ -78,6 +82,13 @@ class _BaseClient:
     ) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValidationError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
+        if "@" in base_url.split("://", 1)[1].split("/", 1)[0]:
+            # user:password@ would be sent as a second credential next to the keys (aiohttp
+            # refuses it beside an Authorization header with a plain ValueError), and shown in
+            # reprs and messages; it also makes the host hard to read at a glance.
+            raise ValidationError(
+                "base_url must not hold credentials (user@host): keys travel in headers"
+            )
         if base_url.startswith("http://") and not allow_insecure_http and not is_loopback(base_url):
             raise ValidationError(
                 "refusing to send keys over plain http to a host other than loopback; "
@@ -386,14 +397,20 @@ def _token(data: Any) -> str | None:
 
 
 def _info(data: Any) -> AudienceInfo:
-    from ._exceptions import TransportError
-
     try:
         return converter.structure(data, AudienceInfo)
     except Exception as exc:
         raise TransportError(
             "the server's audience description could not be read", cause=type(exc).__name__
         ) from None
+
+
+def _list_page(data: Any, key: str) -> tuple[Mapping[str, Any], list[Any]]:
+    """One list answer and its audiences; TransportError unless ``key`` holds a list."""
+    # Anything else (an empty body included) would pass off a broken answer as "no audiences".
+    if not isinstance(data, Mapping) or not isinstance(data.get(key), list):
+        raise TransportError(f"the server's list page is not an object with a {key!r} array")
+    return data, data[key]
 
 
 @final
@@ -452,14 +469,25 @@ class AudienceClient(_BaseClient):
     async def _list(self, page_size: int) -> AsyncIterator[AudienceInfo]:
         assert isinstance(self._endpoints, V2Endpoints)
         cursor: str | None = None
+        seen: set[str] = set()
         while True:
             response = await self._open().send(self._endpoints.list_page(cursor, page_size))
-            data = response.data if isinstance(response.data, Mapping) else {}
-            for item in data.get("audiences") or ():
+            data, page = _list_page(response.data, "audiences")
+            for item in page:
                 yield _info(item)
-            next_from = data.get("next_from")
-            if not data.get("has_more") or not isinstance(next_from, str) or not next_from:
+            has_more = data.get("has_more")
+            if has_more is None or has_more is False:
                 return
+            next_from = data.get("next_from")
+            # A page that says "more" must say where: stopping would pass off part of the list
+            # as all of it, and a cursor seen before would repeat the same pages forever.
+            if has_more is not True or not isinstance(next_from, str) or not next_from:
+                raise TransportError(
+                    "the server's list page says there is more but gives no cursor"
+                )
+            if next_from in seen:
+                raise TransportError("the server's list cursor repeats an earlier one")
+            seen.add(next_from)
             cursor = next_from
 
 
@@ -521,8 +549,7 @@ class CustomAudienceClient(_BaseClient):
         offset = 0
         while True:
             response = await self._open().send(self._endpoints.list_page(offset, page_size))
-            data = response.data if isinstance(response.data, Mapping) else {}
-            page = data.get("custom_audiences") or []
+            _, page = _list_page(response.data, "custom_audiences")
             for item in page:
                 yield _info(item)
             if len(page) < page_size:

@@ -20,6 +20,7 @@ __all__ = ["ApiRoute", "Endpoints", "V1Endpoints", "V2Endpoints"]
 MAX_PAGE_SIZE: Final = 100
 _V2_VERSION: Final = re.compile(r"^2\.[0-9]+$")
 _V1_TYPES: Final = {"1.0": ("custom_ids", "advertising_ids"), "1.1": ("install_ids",)}
+_PATH_BREAKERS: Final = frozenset("/?#%")
 
 Method = Literal["GET", "POST", "PATCH", "PUT", "DELETE"]
 # Wire entries, or the JSON array of them already encoded (embedded verbatim by orjson).
@@ -109,8 +110,14 @@ class V1Endpoints(Endpoints):
             raise ValidationError(
                 f"Custom Audience API version must be '1.0' or '1.1', got {self.version!r}"
             )
-        if not isinstance(self.api_key, str) or not self.api_key or "/" in self.api_key:
-            raise ValidationError("api_key must be a non-empty app API key without '/'")
+        # The app key is a path segment: "/", "?", "#" or "%" in it would end the segment or
+        # be decoded, sending another key and leaving its tail outside the redacted segment.
+        if (
+            not isinstance(self.api_key, str)
+            or not self.api_key
+            or _PATH_BREAKERS & set(self.api_key)
+        ):
+            raise ValidationError("api_key must be a non-empty app API key without / ? # or %")
 
     @property
     def generation(self) -> Generation:  # type: ignore[override]

@@ -307,7 +307,8 @@ def parse_error_body(body: bytes | str) -> tuple[str | None, int | None, str, st
         numeric_code = raw_code
         error_code = _SYMBOLIC_NAMES.get(raw_code, str(raw_code))
     elif isinstance(raw_code, str) and raw_code:
-        if raw_code.isdigit():
+        # isdigit() alone lets "²" and 5,000-digit strings through, on which int() raises.
+        if raw_code.isascii() and raw_code.isdigit() and len(raw_code) <= 18:
             numeric_code = int(raw_code)
             error_code = _SYMBOLIC_NAMES.get(numeric_code, raw_code)
         else:

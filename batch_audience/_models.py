@@ -126,6 +126,9 @@ def parse_timestamp(value: str) -> datetime:
 def _structure_state(value: Any, _: Any) -> IndexingState | str | None:
     if value is None:
         return None
+    if not isinstance(value, str):
+        # Unknown states stay strings, but a number or an object is a broken answer, not a state.
+        raise TypeError(f"expected a string, got {type(value).__name__}")
     try:
         return IndexingState(value)
     except ValueError:
@@ -135,7 +138,10 @@ def _structure_state(value: Any, _: Any) -> IndexingState | str | None:
 def _structure_datetime(value: Any, _: Any) -> datetime:
     if isinstance(value, datetime):
         return value
-    return parse_timestamp(str(value))
+    if not isinstance(value, str):
+        # str(20240102) would parse as 2024-01-02: a number is a broken answer, not a date.
+        raise TypeError(f"expected an ISO-8601 string, got {type(value).__name__}")
+    return parse_timestamp(value)
 
 
 def _structure_str(value: Any, _: Any) -> str:

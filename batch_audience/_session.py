@@ -71,7 +71,8 @@ def parse_retry_after(
         return max(0.0, seconds) if seconds == seconds and seconds != float("inf") else None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
+        # OverflowError: a zone offset such as +99999999999999 overflows timedelta.
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
@@ -81,7 +82,10 @@ def parse_retry_after(
 
 def is_loopback(url: str) -> bool:
     """Whether the URL's host is this machine (127.0.0.0/8, ::1 or localhost)."""
-    host = urlsplit(url).hostname or ""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:  # e.g. "http://[::1": not a URL of any host, so not of this machine
+        return False
     if host == "localhost":
         return True
     try:
@@ -227,6 +231,10 @@ class Session:
         url = self.base_url + route.path
         shown = redact_url(route.path)
         started = time.monotonic()
+        # aiohttp's exceptions can hold the full URL, so a 1.x app key: the translated error is
+        # raised after the except clause, so that it does not keep one as its __context__
+        # either ("raise ... from None" only hides the context from tracebacks).
+        failure: TransportError | None = None
         try:
             async with http.request(
                 route.method,
@@ -244,23 +252,25 @@ class Session:
         except BatchAudienceError:
             raise
         except TimeoutError:
-            raise RequestTimeout(
+            failure = RequestTimeout(
                 "the request timed out", method=route.method, url=shown, cause="TimeoutError"
-            ) from None
+            )
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
-            raise ConnectError(
+            failure = ConnectError(
                 self._describe(exc, "the connection failed"),
                 method=route.method,
                 url=shown,
                 cause=type(exc).__name__,
-            ) from None
+            )
         except aiohttp.ClientError as exc:
-            raise TransportError(
+            failure = TransportError(
                 self._describe(exc, "the request failed"),
                 method=route.method,
                 url=shown,
                 cause=type(exc).__name__,
-            ) from None
+            )
+        if failure is not None:
+            raise failure
         elapsed_ms = (time.monotonic() - started) * 1000
         logger.info(
             "%s %s -> %d in %.1f ms",

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
 import math
 import re
 import sys
@@ -86,6 +87,11 @@ _KEY: Final = re.compile(r"[a-z0-9_]{1,30}")
 _WIRE_KEY: Final = re.compile(r"(date|url)\(([a-z0-9_]{1,30})\)")
 _TYPES: Final = ("str", "int", "float", "date", "url", "list")
 _SHOW: Final = 40  # characters of a cell shown in an error message
+# A JSON number of 19 or more digits, after what can come before a number. orjson reads an
+# integer beyond 64 bits as a float, silently rounded (2**70 would be sent as 1.1805916e21):
+# a line that may hold one is read again with the standard library, which keeps it exact, so
+# the validator refuses it by name. A false match (digits in a string) only costs time.
+_LONG_NUMBER: Final = re.compile(rb"[-:,\[\s][0-9]{19}")
 
 
 def guess_format(path: str) -> Format | None:
@@ -531,6 +537,8 @@ class NdjsonReader(RecordReader):
                 self._decode(raw)  # names an undecodable byte precisely
                 column = min(exc.pos, len(raw.rstrip(b"\r\n"))) + 1
                 raise self._error(f"malformed JSON at column {column}: {exc.msg}") from None
+            if _LONG_NUMBER.search(raw) is not None:
+                value = self._exact(raw)
             if type(value) is dict:
                 if ids_only:
                     if "id" not in value:
@@ -546,6 +554,14 @@ class NdjsonReader(RecordReader):
                     '{"id": "u-1", "attributes": {...}} or an ID string, '
                     f"got a JSON {_json_type(value)}"
                 )
+
+    def _exact(self, raw: bytes) -> Any:
+        """A line orjson accepted, read again keeping integers exact whatever their size."""
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError) as exc:
+            # Past 4,300 digits int() refuses (sys.get_int_max_str_digits); deep nesting recurses.
+            raise self._error(f"a number or the nesting of this line is too large: {exc}") from None
 
 
 def _needs_id(value: dict[str, Any]) -> str:

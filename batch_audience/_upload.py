@@ -292,7 +292,8 @@ async def run_upload(
 def _token(data: Any) -> str | None:
     if isinstance(data, dict):
         token = data.get("indexing_token")
-        if isinstance(token, str):
+        # An empty token is no token: waiting on it would raise ValidationError (as in _client).
+        if isinstance(token, str) and token:
             return token
     return None
 

@@ -409,6 +409,13 @@ def _check_date_text(key: str, text: str) -> None:
             f"attribute {key!r} value {_show(text)} is not an ISO-8601 date-time "
             "(like 2023-08-12T22:30:05Z)"
         ) from None
+    # fromisoformat takes any character between date and time, a lone surrogate included,
+    # which the JSON encoder would then fail on with a TypeError for the whole request.
+    if not (text.isascii() or _is_utf8(text)):
+        raise ValidationError(
+            f"attribute {key!r} value {_show(text)} holds a lone surrogate, which is not valid "
+            "Unicode"
+        )
 
 
 # The common shape, checked in one regex match (~0.3 us) instead of urlsplit (~5 us): an http(s)
@@ -542,7 +549,12 @@ def _is_utf8(text: str) -> bool:
 
 def _show(value: object) -> str:
     """A repr for error messages, cut short: messages name values, they do not dump them."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except Exception:
+        # An int past sys.get_int_max_str_digits() (4300 digits) cannot be printed, and a
+        # user's object may have a broken __repr__: either must not replace the ValidationError.
+        text = f"<{type(value).__name__} that cannot be shown>"
     if len(text) > _SHOW_LIMIT:
         text = f"{text[: _SHOW_LIMIT - 3]}..."
     return text
