@@ -27,11 +27,11 @@ from ._exceptions import (
     RateLimitError,
     ValidationError,
 )
-from ._gcpause import paused_gc
+from ._intake import Intake
 from ._models import Progress, ProgressCallback, UploadReport
 from ._session import Response, Session
 from ._tracing import span
-from ._validate import MAX_ENTRIES, EntryEncoder
+from ._validate import MAX_ENTRIES
 
 __all__ = ["DEFAULT_CONCURRENCY", "AckHook", "Operation", "run_upload"]
 
@@ -71,37 +71,6 @@ class _Sent:
     start: int
     count: int
     ids: frozenset[str] | set[str]
-
-
-# Entries freed per step once a chunk is encoded: dropping 10,000 dicts at once costs 3-6 ms.
-_FREE_STEP: Final = 1_000
-
-
-async def _release(entries: list[dict[str, Any]]) -> None:
-    """Free a chunk's entries a slice at a time, yielding to the loop between slices."""
-    while entries:
-        del entries[-_FREE_STEP:]
-        if entries:
-            await asyncio.sleep(0)
-
-
-# Entries encoded per step: one orjson call on a whole 10,000-entry chunk holds the loop for
-# 3-8 ms (attributes, tags, dates); slices of 250 keep each hold near 0.2 ms.
-_ENCODE_STEP: Final = 250
-
-
-async def _encode(entries: list[dict[str, Any]]) -> orjson.Fragment:
-    """The entries as one JSON array, encoded a slice at a time, then freed the same way."""
-    parts: list[bytes | memoryview] = [b"["]
-    for begin in range(0, len(entries), _ENCODE_STEP):
-        if begin:
-            parts.append(b",")
-        # Each slice encodes to "[...]": keep what is between the brackets, without a copy.
-        parts.append(memoryview(orjson.dumps(entries[begin : begin + _ENCODE_STEP]))[1:-1])
-        await asyncio.sleep(0)
-    parts.append(b"]")
-    await _release(entries)
-    return orjson.Fragment(b"".join(parts))
 
 
 @attrs.define
@@ -146,12 +115,8 @@ async def run_upload(
     start: int = 0,
     skip_replace: bool = False,
     on_ack: AckHook | None = None,
-    pause_gc: bool = True,
 ) -> UploadReport:
     """Stream ``source`` into the audience; return the report or raise with the partial one.
-
-    Automatic garbage collection is paused while the upload runs (see _gcpause) unless
-    ``pause_gc`` is False.
 
     ``start`` numbers stream positions from an offset (a resumed upload); ``skip_replace``
     sends a replace's first chunk as an add (its replace was acknowledged by an earlier run).
@@ -159,8 +124,10 @@ async def run_upload(
     check_concurrency(concurrency)
     check_chunk_size(chunk_size)
     total = _length(source)
-    # A replace streams as adds; its first chunk drops the action and goes to the replace route.
-    encoder = EntryEncoder(endpoints.generation, "add" if operation == "replace" else operation)
+    # A replace streams as adds; its first chunk goes to the replace route, without actions.
+    intake = Intake(endpoints.generation, "add" if operation == "replace" else operation)
+    replace_first = operation == "replace" and not skip_replace
+    first = Intake(endpoints.generation, "replace") if replace_first else None
     limiter = _Concurrency(concurrency)
     tally = _Tally()
     started = time.monotonic()
@@ -213,9 +180,7 @@ async def run_upload(
             return await session.send(route, on_retry=on_retry)
 
     async def send_update(chunk: Chunk) -> Response:
-        # Encoding runs in the task, and the entries are freed before the wait for the answer:
-        # memory holds the encoded bodies in flight, not their dicts as well.
-        route = endpoints.update(name, await _encode(chunk.entries), audience_type)
+        route = endpoints.update(name, orjson.Fragment(chunk.body), audience_type)
         # Building the body and writing it to the socket each copy megabytes: not in one turn.
         await asyncio.sleep(0)
         return await send(route)
@@ -243,16 +208,15 @@ async def run_upload(
         return False
 
     async def pump() -> None:
-        replace_pending = operation == "replace" and not skip_replace
+        replace_pending = replace_first
         sent_any = False
-        async for chunk in aiter_chunks(source, encoder, size=chunk_size, start=start):
+        chunks = aiter_chunks(source, intake, size=chunk_size, start=start, first=first)
+        async for chunk in chunks:
             sent_any = True
             if replace_pending:
                 replace_pending = False
-                for entry in chunk.entries:
-                    del entry["action"]
                 sent = _Sent(chunk.index, chunk.start, len(chunk), chunk.ids)
-                route = endpoints.replace(name, await _encode(chunk.entries))
+                route = endpoints.replace(name, orjson.Fragment(chunk.body))
                 acknowledge(sent, await send(route))
                 continue
             while pending and (len(pending) >= limiter.limit or await overlaps(chunk)):
@@ -267,8 +231,7 @@ async def run_upload(
             await reap(asyncio.ALL_COMPLETED)
 
     try:
-        with paused_gc(pause_gc):
-            await pump()
+        await pump()
     except ValidationError as exc:
         # Records already handed to the server stay valid: let them land, then say how many did.
         await _settle(pending, acknowledge)

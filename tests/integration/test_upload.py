@@ -289,3 +289,27 @@ async def test_upload_never_stalls_the_event_loop(fake_server_process: ServerPro
     assert report.records == 200_000
     assert len(lags) > 50
     assert max(lags) < 0.050, f"max loop lag {max(lags) * 1000:.1f} ms"
+
+
+async def test_an_upload_leaves_the_garbage_collector_alone(
+    client: ba.AudienceClient, fake_server: FakeBatchServer
+) -> None:
+    """The process's GC stays as its owner set it, seen from inside the source, mid-upload."""
+    import gc
+
+    await client.create("gc")
+    thresholds = gc.get_threshold()
+    seen: list[tuple[bool, tuple[int, int, int]]] = []
+
+    async def source() -> AsyncIterator[str]:
+        for n in range(25_000):
+            if n % 5_000 == 0:
+                seen.append((gc.isenabled(), gc.get_threshold()))
+                await asyncio.sleep(0)
+            yield f"g-{n}"
+
+    assert gc.isenabled()
+    await client.add("gc", source())
+    assert seen == [(True, thresholds)] * 5
+    assert gc.isenabled() and gc.get_threshold() == thresholds
+    assert len(fake_server.members("gc")) == 25_000

@@ -15,6 +15,7 @@ from strategies import GENERATIONS_AND_OPERATIONS, invalid_records, record_ids, 
 from batch_audience import Record, ValidationError
 from batch_audience import _chunker as chunker
 from batch_audience._chunker import Chunk, aiter_chunks, iter_chunks
+from batch_audience._intake import Intake
 from batch_audience._validate import MAX_ENTRIES, EntryEncoder, Generation, Operation
 
 sizes = st.integers(min_value=1, max_value=12)
@@ -47,12 +48,12 @@ async def agen(items: Iterable[object]) -> AsyncIterator[object]:
         yield item
 
 
-def collect(source: Iterable[object], encoder: EntryEncoder, **kwargs: Any) -> list[Chunk]:
+def collect(source: Iterable[object], encoder: Intake, **kwargs: Any) -> list[Chunk]:
     """All chunks of iter_chunks."""
     return list(iter_chunks(source, encoder, **kwargs))
 
 
-async def acollect(source: Any, encoder: EntryEncoder, **kwargs: Any) -> list[Chunk]:
+async def acollect(source: Any, encoder: Intake, **kwargs: Any) -> list[Chunk]:
     """All chunks of aiter_chunks."""
     return [chunk async for chunk in aiter_chunks(source, encoder, **kwargs)]
 
@@ -62,16 +63,16 @@ def check_invariants(
 ) -> None:
     """Each item lands in exactly one chunk, in order; all chunks but the last are full."""
     expected = [encoder.encode(item, start + n)[1] for n, item in enumerate(items)]
-    assert [entry for chunk in chunks for entry in chunk.entries] == expected
+    assert [entry for chunk in chunks for entry in chunk.entries()] == expected
     assert len(chunks) == -(-len(items) // size)
     for index, chunk in enumerate(chunks):
         assert chunk.index == index
         assert chunk.start == start + index * size
-        assert chunk.end == chunk.start + len(chunk) == chunk.start + len(chunk.entries)
+        assert chunk.end == chunk.start + len(chunk) == chunk.start + len(chunk.entries())
         assert 1 <= len(chunk) <= size
         if index < len(chunks) - 1:
             assert len(chunk) == size
-        assert chunk.ids == {entry["id"] for entry in chunk.entries}
+        assert chunk.ids == {entry["id"] for entry in chunk.entries()}
 
 
 # -- sync ------------------------------------------------------------------------------------
@@ -85,14 +86,15 @@ def test_chunks_cover_the_stream_in_order(
     generation, operation = kind
     items = data.draw(streams(generation, operation))
     encoder = EntryEncoder(generation, operation)
-    check_invariants(collect(items, encoder, size=size, start=start), items, encoder, size, start)
+    chunks = collect(items, Intake(generation, operation), size=size, start=start)
+    check_invariants(chunks, items, encoder, size, start)
 
 
 @given(ids=st.lists(record_ids(), max_size=60), size=sizes)
 def test_no_read_ahead(ids: list[str], size: int) -> None:
     """After each chunk, exactly the records of the chunks so far were pulled from the source."""
     source = Counting(ids)
-    chunks = iter_chunks(source, EntryEncoder("2", "add"), size=size)
+    chunks = iter_chunks(source, Intake("2", "add"), size=size)
     assert source.pulled == 0
     for chunk in chunks:
         assert source.pulled == chunk.end
@@ -102,31 +104,31 @@ def test_no_read_ahead(ids: list[str], size: int) -> None:
 def test_source_not_polled_after_a_short_chunk() -> None:
     """A short chunk means the source ended: it is not asked again (it might even resume)."""
     source = Counting(["a", "b", "c"])
-    assert [len(c) for c in iter_chunks(source, EntryEncoder("2", "add"), size=2)] == [2, 1]
+    assert [len(c) for c in iter_chunks(source, Intake("2", "add"), size=2)] == [2, 1]
 
 
 def test_exactly_full_chunks_end_on_stop_iteration() -> None:
     """A stream of a multiple of ``size`` ends with full chunks and no empty one."""
-    chunks = collect(["a", "b", "c", "d"], EntryEncoder("2", "add"), size=2)
+    chunks = collect(["a", "b", "c", "d"], Intake("2", "add"), size=2)
     assert [(c.index, c.start, len(c)) for c in chunks] == [(0, 0, 2), (1, 2, 2)]
 
 
 def test_empty_source_gives_no_chunk() -> None:
     """An empty stream yields nothing."""
-    assert collect([], EntryEncoder("2", "add")) == []
+    assert collect([], Intake("2", "add")) == []
 
 
 def test_full_size_chunks() -> None:
     """The default size is 10,000 entries per chunk (spec §2.3)."""
-    chunks = collect((f"u-{n}" for n in range(25_001)), EntryEncoder("2", "remove"))
+    chunks = collect((f"u-{n}" for n in range(25_001)), Intake("2", "remove"))
     assert [len(c) for c in chunks] == [MAX_ENTRIES, MAX_ENTRIES, 5_001]
 
 
 def test_duplicate_ids_are_kept_in_order() -> None:
     """Duplicate IDs in one chunk are all sent, in stream order; the server applies the last."""
     items = [Record("u-1", {"n": 1}), "u-2", Record("u-1", {"n": 2})]
-    (chunk,) = collect(items, EntryEncoder("2", "add"))
-    assert [e.get("attributes") for e in chunk.entries] == [{"n": 1}, None, {"n": 2}]
+    (chunk,) = collect(items, Intake("2", "add"))
+    assert [e.get("attributes") for e in chunk.entries()] == [{"n": 1}, None, {"n": 2}]
     assert chunk.ids == {"u-1", "u-2"}
 
 
@@ -139,10 +141,9 @@ def test_invalid_record_stops_the_stream_at_its_position(
     items = data.draw(streams(generation, operation, max_size=30))
     at = data.draw(st.integers(min_value=0, max_value=len(items)))
     source = Counting([*items[:at], bad, *items[at:]])
-    encoder = EntryEncoder(generation, operation)
     received: list[Chunk] = []
     with pytest.raises(ValidationError) as info:
-        received.extend(iter_chunks(source, encoder, size=size, start=start))
+        received.extend(iter_chunks(source, Intake(generation, operation), size=size, start=start))
     assert info.value.position == start + at
     assert source.pulled == at + 1
     assert len(received) == at // size
@@ -152,7 +153,7 @@ def test_invalid_record_stops_the_stream_at_its_position(
 def test_positions_in_errors_count_from_start() -> None:
     """A resumed upload numbers positions from ``start``, in errors too."""
     with pytest.raises(ValidationError) as info:
-        collect(["a", "b", 5], EntryEncoder("2", "add"), size=2, start=100)
+        collect(["a", "b", 5], Intake("2", "add"), size=2, start=100)
     assert info.value.position == 102
     assert str(info.value).startswith("record 102: ")
 
@@ -172,9 +173,9 @@ def test_bad_arguments_raise_at_once(kwargs: dict[str, Any]) -> None:
     """A bad size or start raises ValidationError when called, before any record is pulled."""
     source = Counting(["a"])
     with pytest.raises(ValidationError, match=r"size|start"):
-        iter_chunks(source, EntryEncoder("2", "add"), **kwargs)
+        iter_chunks(source, Intake("2", "add"), **kwargs)
     with pytest.raises(ValidationError, match=r"size|start"):
-        aiter_chunks(source, EntryEncoder("2", "add"), **kwargs)
+        aiter_chunks(source, Intake("2", "add"), **kwargs)
     assert source.pulled == 0
 
 
@@ -182,15 +183,15 @@ def test_bad_arguments_raise_at_once(kwargs: dict[str, Any]) -> None:
 def test_bad_slice_size_raises(slice_size: Any) -> None:
     """slice_size must be an int >= 1."""
     with pytest.raises(ValidationError, match="slice_size"):
-        aiter_chunks([], EntryEncoder("2", "add"), slice_size=slice_size)
+        aiter_chunks([], Intake("2", "add"), slice_size=slice_size)
 
 
 def test_non_iterable_source_raises() -> None:
     """A source that is not iterable raises ValidationError naming its type, at once."""
     with pytest.raises(ValidationError, match="iterable or an async iterable, got int"):
-        iter_chunks(5, EntryEncoder("2", "add"))  # type: ignore[arg-type]
+        iter_chunks(5, Intake("2", "add"))  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="got int"):
-        aiter_chunks(5, EntryEncoder("2", "add"))  # type: ignore[arg-type]
+        aiter_chunks(5, Intake("2", "add"))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -205,16 +206,16 @@ def test_non_iterable_source_raises() -> None:
 def test_one_record_is_not_taken_for_a_stream(source: Any) -> None:
     """A lone ID or mapping is refused, not iterated into one-character IDs or key names."""
     with pytest.raises(ValidationError, match="iterable of records, got one"):
-        iter_chunks(source, EntryEncoder("2", "remove"))
+        iter_chunks(source, Intake("2", "remove"))
     with pytest.raises(ValidationError, match="wrap a single record in a list"):
-        aiter_chunks(source, EntryEncoder("2", "remove"))
+        aiter_chunks(source, Intake("2", "remove"))
 
 
 def test_chunk_repr_hides_entries_and_ids() -> None:
     """A chunk's repr gives counts, never the IDs it holds (they may be personal data)."""
-    (chunk,) = collect(["secret-id"], EntryEncoder("2", "add"))
+    (chunk,) = collect(["secret-id"], Intake("2", "add"))
     assert "secret-id" not in repr(chunk)
-    assert repr(chunk) == "Chunk(index=0, start=0, entries=<1 entries>, ids=<1 ids>)"
+    assert repr(chunk) == "Chunk(index=0, start=0, count=1, body=<body>, ids=<1 ids>)"
 
 
 # -- async -----------------------------------------------------------------------------------
@@ -227,7 +228,7 @@ def test_async_chunks_equal_sync_chunks(
     """aiter_chunks equals iter_chunks for a list, a generator and an async generator."""
     generation, operation = kind
     items = data.draw(streams(generation, operation))
-    encoder = EntryEncoder(generation, operation)
+    encoder = Intake(generation, operation)
     expected = collect(items, encoder, size=size, start=start)
     kwargs = {"size": size, "start": start, "slice_size": slice_size}
 
@@ -247,7 +248,7 @@ def test_async_no_read_ahead(ids: list[str], size: int) -> None:
         for wrap in (lambda s: s, agen):
             source = Counting(ids)
             async for chunk in aiter_chunks(
-                wrap(source), EntryEncoder("2", "add"), size=size, slice_size=3
+                wrap(source), Intake("2", "add"), size=size, slice_size=3
             ):
                 assert source.pulled == chunk.end
             assert source.pulled == len(ids)
@@ -262,7 +263,7 @@ async def test_async_invalid_record_raises_at_its_position(make_source: Any) -> 
     received: list[Chunk] = []
 
     async def drain() -> None:
-        encoder = EntryEncoder("1.1", "add")
+        encoder = Intake("1.1", "add")
         async for chunk in aiter_chunks(make_source(source), encoder, size=2, start=10):
             received.append(chunk)
 
@@ -294,7 +295,7 @@ async def ticks_per_pull(source_kind: str, total: int, slice_size: int) -> list[
     source: Any = records() if source_kind == "sync" else agen(records())
     task = asyncio.create_task(ticker())
     await asyncio.sleep(0)
-    async for _ in aiter_chunks(source, EntryEncoder("2", "add"), size=700, slice_size=slice_size):
+    async for _ in aiter_chunks(source, Intake("2", "add"), size=700, slice_size=slice_size):
         pass
     stop = True
     await task
