@@ -462,6 +462,9 @@ async def test_a_failing_on_error_keeps_the_entries(
     with pytest.raises(WriterError) as caught:
         await writer.aclose()
     assert [e.id for e in caught.value.entries] == ["kept"]
+    [handler_error] = caught.value.handler_errors
+    assert str(handler_error) == "handler broke" and caught.value.__cause__ is handler_error
+    assert "on_error raised RuntimeError" in str(caught.value)
 
 
 async def test_drain_timeout_entries_go_to_on_error(
@@ -650,3 +653,105 @@ async def test_any_history_with_one_failed_batch_resent_ends_replayed(
     finally:
         fake_server.clear_faults()
     assert members(fake_server, name) == replay(ops)
+
+
+# -- an on_error that raises --------------------------------------------------------------------
+
+
+async def test_what_on_error_raises_surfaces_from_the_next_add_and_the_writer_goes_on(
+    client: ba.AudienceClient, fake_server: FakeBatchServer
+) -> None:
+    """The handler's exception comes out of the next add with the entries it did not take."""
+    await client.create("raising")
+    broke = RuntimeError("handler broke")
+
+    def on_error(entries: Sequence[WriterEntry], error: Exception) -> None:
+        raise broke
+
+    fake_server.fail_next(status=400, path=UPDATE)
+    async with asyncio.timeout(10):
+        async with client.writer("raising", max_records=1, on_error=on_error) as writer:
+            await writer.add("first")
+            await until(lambda: writer.pending == 0)
+            with pytest.raises(WriterError) as caught:
+                await writer.add("second")
+            assert caught.value.handler_errors == (broke,) and caught.value.__cause__ is broke
+            assert isinstance(caught.value.error, ba.BadRequestError)
+            assert [e.id for e in caught.value.entries] == ["first"]
+            await writer.add("third")
+            assert (await writer.flush()).entries == 1
+    assert set(fake_server.members("raising")) == {"third"}
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        pytest.param(asyncio.CancelledError, id="CancelledError"),
+        pytest.param(GeneratorExit, id="GeneratorExit"),
+    ],
+)
+async def test_an_on_error_raising_a_base_exception_never_leaves_add_waiting(
+    client: ba.AudienceClient, fake_server: FakeBatchServer, raised: type[BaseException]
+) -> None:
+    """An add waiting for space while on_error raises a BaseException returns; nothing hangs."""
+    await client.create("blocked")
+
+    def on_error(entries: Sequence[WriterEntry], error: Exception) -> None:
+        raise raised("from the handler")
+
+    fake_server.fail_next(status=400, delay=0.2, path=UPDATE)
+    writer = client.writer("blocked", max_records=1, max_pending=1, max_delay=60, on_error=on_error)
+    async with asyncio.timeout(10):  # before the fix: the sender died and the add waited forever
+        async with writer:
+            await writer.add("failing")
+            await writer.add("waits-for-space")
+            with pytest.raises(WriterError) as caught:
+                await writer.flush()
+            [handler_error] = caught.value.handler_errors
+            assert isinstance(handler_error, raised)
+            assert [e.id for e in caught.value.entries] == ["failing"]
+            await writer.add("after")
+    assert set(fake_server.members("blocked")) == {"waits-for-space", "after"}
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        pytest.param(RuntimeError, id="RuntimeError"),
+        pytest.param(asyncio.CancelledError, id="CancelledError"),
+    ],
+)
+async def test_an_on_error_failing_during_a_cancelled_drain_keeps_entries_and_its_error(
+    client: ba.AudienceClient,
+    fake_server: FakeBatchServer,
+    caplog: pytest.LogCaptureFixture,
+    raised: type[BaseException],
+) -> None:
+    """A batch failing while a cancelled owner drains, with on_error raising, stays in unsent."""
+    await client.create("drained")
+    holder: list[AudienceWriter] = []
+
+    def on_error(entries: Sequence[WriterEntry], error: Exception) -> None:
+        raise raised("handler broke")
+
+    async def consume() -> None:
+        async with client.writer("drained", max_delay=60, on_error=on_error) as writer:
+            holder.append(writer)
+            await writer.add("d-1")
+            await writer.remove("d-2")
+            await asyncio.sleep(10)
+
+    fake_server.fail_next(status=400, path=UPDATE)
+    task = asyncio.create_task(consume())
+    await until(lambda: bool(holder))
+    with caplog.at_level(logging.ERROR, logger="batch_audience"):
+        task.cancel()
+        async with asyncio.timeout(10):
+            with pytest.raises(asyncio.CancelledError) as caught:
+                await task
+    writer = holder[0]
+    assert [(e.action, e.id) for e in writer.unsent] == [("add", "d-1"), ("remove", "d-2")]
+    assert any(f"on_error raised {raised.__name__}" in n for n in caught.value.__notes__)
+    [logged] = [r for r in caplog.records if r.exc_info and r.exc_info[0] is raised]
+    assert "d-1" not in logged.getMessage()
+    assert writer_tasks() == []
