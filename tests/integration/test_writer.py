@@ -599,7 +599,7 @@ EVENTS = st.lists(
 @given(
     events=EVENTS,
     batch=st.integers(1, 4),
-    fail_at=st.integers(0, 8),
+    fail_at=st.integers(0, 5),
     resend_at=st.integers(0, 24),
     handler=st.booleans(),
 )
