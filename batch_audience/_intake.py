@@ -246,10 +246,24 @@ class Intake:
 
     def encode(self, item: object, position: int) -> tuple[str, bytes]:
         """One record's ID and wire entry as JSON; raise ValidationError on a broken rule."""
-        ids: set[str] = set()
-        count, body = self.take(iter((item,)), 1, position, ids)
-        assert count == 1
-        return ids.pop(), bytes(body)
+        kind = type(item)
+        entry: dict[str, Any] | None = None
+        if kind is dict or kind is Record:
+            try:
+                entry = (self._dict if kind is dict else self._record)(item)
+            except KeyError:
+                entry = self._reshape(item)
+        elif kind is str and item and item.isascii():  # type: ignore[attr-defined]
+            action = self._action
+            entry = {"id": item} if action is None else {"action": action, "id": item}
+        if entry is None:
+            rid, entry = self._slow.encode(item, position)
+        else:
+            rid = entry["id"]
+        try:
+            return rid, orjson.dumps(entry)
+        except TypeError:  # str-subclass keys: see take()
+            return rid, orjson.dumps(entry, option=orjson.OPT_NON_STR_KEYS)
 
     def take(
         self, items: Iterator[Any], count: int, position: int, ids: set[str]

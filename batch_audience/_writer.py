@@ -18,8 +18,9 @@ failed entries still held by someone, with the position of the latest event acce
 each, which ``resend`` consults to skip entries a later event superseded. It costs one dict
 check per event while nothing has failed.
 
-Per event the accumulator does one validation (EntryEncoder, the bulk uploads' rules), one
-orjson encode appended to the open batch's bytearray, and a few counters; every 128 events it
+Per event the accumulator does one pass of the bulk uploads' intake (``_intake``: the same
+rules, each key set judged once), whose JSON is appended to the open batch's bytearray, and a
+few counters; every 128 events it
 yields to the loop. Timers and wake-ups happen once per batch, never once per event, and an
 idle writer has no timer and a sender parked on an Event: it costs nothing.
 
@@ -45,8 +46,9 @@ import attrs
 import orjson
 
 from ._exceptions import BatchAudienceError, ClientClosedError, ValidationError
+from ._intake import Intake
 from ._models import AttributeValue, Record
-from ._validate import MAX_ENTRIES, EntryEncoder, check_audience_name
+from ._validate import MAX_ENTRIES, check_audience_name
 
 if TYPE_CHECKING:
     from ._client import _BaseClient
@@ -292,15 +294,6 @@ class _Batch:
         return entries
 
 
-def _dumps(entry: dict[str, Any], position: int) -> bytes:
-    try:
-        return orjson.dumps(entry)
-    except orjson.JSONEncodeError as exc:  # pragma: no cover - the encoder already checked
-        raise ValidationError(
-            f"the entry cannot be encoded as JSON: {exc}", position=position
-        ) from None
-
-
 @final
 class AudienceWriter:
     """A buffered writer of adds and removes to one audience, for long-running event consumers.
@@ -373,8 +366,8 @@ class AudienceWriter:
         self._endpoints = client._endpoints
         generation = client._endpoints.generation
         # Encoders are built here so a generation without this operation fails at once.
-        self._encode_add = EntryEncoder(generation, "add").encode
-        self._encode_remove = EntryEncoder(generation, "remove").encode
+        self._encode_add = Intake(generation, "add").encode
+        self._encode_remove = Intake(generation, "remove").encode
         self._audience_type: str | None = None
         self._type_known = False
 
@@ -493,8 +486,7 @@ class AudienceWriter:
             self._check_usable()
         if attributes is not None or tags is not None:
             record = self._with_extras(record, attributes, tags)
-        uid, wire = self._encode_add(record, self._position)
-        entry = _dumps(wire, self._position)
+        uid, entry = self._encode_add(record, self._position)
         if self._pending >= self._max_pending:
             await self._wait_for_space()
         self._put(entry, uid)
@@ -514,8 +506,7 @@ class AudienceWriter:
             await asyncio.sleep(0)
         if self._state is not _State.OPEN or self._failed:
             self._check_usable()
-        uid, wire = self._encode_remove(record, self._position)
-        entry = _dumps(wire, self._position)
+        uid, entry = self._encode_remove(record, self._position)
         if self._pending >= self._max_pending:
             await self._wait_for_space()
         self._put(entry, uid)
@@ -567,7 +558,7 @@ class AudienceWriter:
             if entry.superseded:
                 superseded.append(entry)
                 continue
-            self._put(_dumps(wire, self._position), uid)
+            self._put(wire, uid)
             resent += 1
         return ResendResult(resent=resent, superseded=tuple(superseded))
 
