@@ -612,3 +612,47 @@ def test_the_chaos_faults_are_all_applied_or_not_before_the_client_gives_up() ->
         held_unapplied = fault.delay and not fault.apply and fault.status is None
         assert not held_unapplied, kind
     assert chaos.fault("stall", rng) == Fault(delay=STALL, apply=True)
+
+
+def logged(
+    received: float,
+    answered: float,
+    *,
+    status: int = 202,
+    digest: str | None = "d1",
+    fault: Fault | None = None,
+) -> RecordedRequest:
+    """A write attempt as the fake logs it."""
+    return RecordedRequest(
+        method="POST",
+        path=UPDATE,
+        query={},
+        status=status,
+        entries=0 if digest is None else 10,
+        received=received,
+        answered=answered,
+        fault=fault,
+        digest=digest,
+    )
+
+
+def test_the_audit_counts_attempts_the_log_proves_the_client_abandoned() -> None:
+    """A 2xx whose retry arrived before it was answered, and a cut-off body, are failures seen."""
+    slow = Fault(slow_body=SLOW_BODY)
+    log = [
+        # Answered in time by the fake, but the same body came back before the slow body was
+        # complete: the client (held up by a loaded machine) had given up on it.
+        logged(10.0, 10.1, fault=slow),
+        logged(10.2, 10.25),
+        # A write whose body never arrived whole (the client gave up while sending it) ...
+        logged(11.0, 12.0, status=0, digest=None),
+        # ... and its chunk's next attempt, the one the client saw succeed.
+        logged(12.1, 12.2, digest="d2"),
+    ]
+    found = audit(log)
+    assert (found.attempts, found.failures, found.unread, found.retries) == (3, 1, 1, 2)
+    assert (found.bodies, found.ok_answers, found.late, found.landed_unacknowledged) == (2, 3, 1, 1)
+    found.check_waits([RETRY.backoff(1), RETRY.backoff(1)])
+    # A retry that came after the answer was complete is still a resend after a success.
+    with pytest.raises(AssertionError, match="after the client saw it succeed"):
+        audit([logged(10.0, 10.1), logged(10.2, 10.25)])
