@@ -412,7 +412,8 @@ class _BaseClient:
         Args:
             tokens: one token or many, e.g. ``report.tokens``; plain strings that can be
                 stored and waited on later, from another process.
-            timeout: seconds for the whole wait (default: the PollPolicy's).
+            timeout: seconds for the whole wait (default: the PollPolicy's). The last poll
+                is sent at the deadline, and has up to 5 s (at most ``timeout``) to answer.
             interval: a fixed wait between polls (default: the PollPolicy's growing one).
 
         Raises:

@@ -235,10 +235,13 @@ class Session:
             attempt += 1
             answer: tuple[int, Any] | None = None
             try:
-                async with self._semaphore:
-                    timeout = self._attempt_timeout(deadline, policy)
-                    if timeout is not None:
-                        answer = await self._send_once(route, *timeout)
+                if await self._acquire(deadline):
+                    try:
+                        timeout = self._attempt_timeout(deadline, policy)
+                        if timeout is not None:
+                            answer = await self._send_once(route, *timeout)
+                    finally:
+                        self._semaphore.release()
             except BatchAudienceError as exc:
                 exc.after_unknown_outcome = unknown
                 unknown = unknown or outcome_unknown(exc)
@@ -301,6 +304,18 @@ class Session:
                 request_sent=False,
             )
 
+    async def _acquire(self, deadline: float | None) -> bool:
+        """Take a slot among the requests in flight; False if the deadline passed first."""
+        if deadline is None:
+            await self._semaphore.acquire()
+            return True
+        try:
+            async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                await self._semaphore.acquire()
+        except TimeoutError:
+            return False
+        return True
+
     def _attempt_timeout(
         self, deadline: float | None, policy: RetryPolicy
     ) -> tuple[aiohttp.ClientTimeout, float | None] | None:
@@ -343,7 +358,8 @@ class Session:
                 ssl=self._ssl,
                 allow_redirects=False,
                 # A caller's session may default to raising on 4xx/5xx or to leaving bodies
-                # compressed: this library reads every status and body itself.
+                # compressed: this library reads every status and body itself. (Bodies are
+                # bytes already, so a session's json_serialize never applies.)
                 raise_for_status=False,
                 auto_decompress=True,
             ) as resp:

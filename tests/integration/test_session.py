@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import aiohttp
@@ -449,6 +450,34 @@ async def test_no_attempt_starts_once_the_deadline_passed(fake_server: FakeBatch
         await session.aclose()
     assert caught.value.request_sent is False
     assert fake_server.requests == []
+
+
+async def test_waiting_for_a_slot_is_bounded_by_the_deadline(fake_server: FakeBatchServer) -> None:
+    """With every slot held by a stalled request, a call gives up at its deadline, unsent."""
+    session = Session(
+        base_url=fake_server.url,
+        headers=V2Endpoints("2.8", fake_server.project_key).auth_headers(fake_server.rest_key),
+        secrets=(fake_server.rest_key,),
+        retry=ba.RetryPolicy(max_attempts=1),
+        timeouts=ba.Timeouts(),
+        limits=ba.Limits(max_in_flight=1),
+    )
+    route = V2Endpoints("2.8", fake_server.project_key).view("a", None)
+    fake_server.fail_next(delay=5.0)
+    hog = asyncio.create_task(session.send(route))
+    try:
+        while fake_server.in_flight == 0:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(ba.RequestTimeout, match="before the request could be sent"):
+            await session.send(route, retry=ba.RetryPolicy(deadline=0.3))
+        assert time.monotonic() - started < 3.0  # generous: the slot was held 5 s
+        assert len(fake_server.requests) == 0
+    finally:
+        hog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hog
+        await session.aclose()
 
 
 async def test_the_deadline_cuts_an_attempts_timeout(
