@@ -41,6 +41,7 @@ import orjson
 
 from ._exceptions import ValidationError
 from ._models import ProgressCallback, UploadReport
+from ._sources import Interrupted, RecordReader
 from ._upload import DEFAULT_CONCURRENCY, Operation
 from ._validate import MAX_ENTRIES
 
@@ -80,10 +81,24 @@ class CheckpointError(ValidationError):
 
 def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What identifies a file's content for a checkpoint: its size and SHA-256 (reads it all)."""
-    with open(path, "rb") as file:
-        digest = hashlib.file_digest(file, "sha256").hexdigest()
-        size = file.tell()
-    return {"size": size, "sha256": digest}
+    return fingerprint(path)
+
+
+def fingerprint(
+    path: str | os.PathLike[str], stop: threading.Event | None = None
+) -> dict[str, Any]:
+    """``file_fingerprint``, looking at ``stop`` after each block (Interrupted when set)."""
+    digest = hashlib.sha256()
+    size = 0
+    buffer = bytearray(FINGERPRINT_BLOCK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as file:
+        while read := file.readinto(buffer):
+            digest.update(view[:read])
+            size += read
+            if stop is not None and stop.is_set():
+                raise Interrupted
+    return {"size": size, "sha256": digest.hexdigest()}
 
 
 def target_fingerprint(client: Client) -> str:
@@ -419,6 +434,9 @@ class ResumableUpload:
         if self._ran:
             raise RuntimeError("run() was already called; open the checkpoint again to rerun")
         self._ran = True
+        if isinstance(records, RecordReader):
+            # Passing the records acknowledged earlier (millions, perhaps) is for a thread.
+            await records.skip_in_thread()
         earlier_tokens = tuple(a.token for a in self._earlier if a.token is not None)
         if self._done:
             report = UploadReport(
