@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import io
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from batch_audience._checkpoint import (
     resumable,
     upload_with_checkpoint,
 )
-from batch_audience._sources import RecordReader, open_records
+from batch_audience._sources import CsvReader, RecordReader, open_records
 
 INPUT = {"size": 123, "sha256": "ab" * 32}
 
@@ -443,3 +444,42 @@ async def test_a_cancelled_open_does_not_leak_the_file_or_its_lock(
                 raise
             await asyncio.sleep(0.05)
     raise AssertionError("the checkpoint stayed locked by the cancelled open")
+
+
+class LinesByThread:
+    """Lines of a CSV of ``rows`` records, counting those read on this thread and on others."""
+
+    def __init__(self, rows: int) -> None:
+        self.data = b"id\n" + b"".join(b"u-%d\n" % i for i in range(rows))
+        self.loop_thread = threading.get_ident()
+        self.on_loop = 0
+        self.off_loop = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in io.BytesIO(self.data):
+            if threading.get_ident() == self.loop_thread:
+                self.on_loop += 1
+            else:
+                self.off_loop += 1
+            yield line
+
+
+async def test_a_resume_passes_the_acknowledged_records_off_the_loop(
+    client: ba.AudienceClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Resuming after 200,000 acknowledged records skips them in a thread, not on the loop."""
+    path = tmp_path / "ck"
+    monkeypatch.setattr(client, "_upload", StubUpload([(0, 200_000)], fail=ba.ServerError(500)))
+    with pytest.raises(ba.ServerError):
+        await run_once(open_upload(client, path))
+    stub = StubUpload([(200_000, 200_002)])
+    monkeypatch.setattr(client, "_upload", stub)
+    lines = LinesByThread(200_002)
+    async with open_upload(client, path) as upload:
+        assert upload.position == 200_000
+        reader = CsvReader(lines, name="big.csv", skip=upload.position)
+        report = await upload.run(reader)
+    assert stub.calls[0]["records"] == [{"id": "u-200000"}, {"id": "u-200001"}]
+    assert lines.off_loop >= 200_001  # the header and every acknowledged row
+    assert lines.on_loop <= 2  # only the records sent
+    assert report.records == 200_002
