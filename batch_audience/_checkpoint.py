@@ -22,7 +22,10 @@ cut short by a crash is dropped; the checkpoint is deleted once the upload (and 
 indexing, if asked) is over, so the next run of the same command starts afresh.
 
 Writes run in a worker thread, so an fsync never stalls the event loop; an acknowledgement
-lost to a crash before its fsync only means that chunk is sent again.
+lost to a crash before its fsync only means that chunk is sent again. A write that fails (a
+full disk) stops the upload with CheckpointError naming the file and the OS error: the lines
+written whole stay, a torn one is cut off (or dropped by the next load), and nothing is ever
+appended after it. Only a torn *last* line is forgiven; damage anywhere else is refused.
 """
 
 from __future__ import annotations
@@ -425,9 +428,14 @@ class ResumableUpload:
         runs included. Once everything was acknowledged (and indexed, with ``wait``) the
         checkpoint file is deleted, unless ``keep``.
 
+        A RecordReader's skipped records are passed in a worker thread first (``skip=``
+        can be millions of lines: not on the event loop).
+
         Raises:
             ValidationError, ApiError, TransportError: as ``add``; what was acknowledged is
                 in the checkpoint, and running the same upload again resumes from it.
+            CheckpointError: the checkpoint could not be written; the upload was stopped,
+                and what was written before resumes.
         """
         if self._file is None:
             raise RuntimeError("use 'async with resumable(...)' before run()")
@@ -606,7 +614,8 @@ async def upload_with_checkpoint(
             for other input, audience, mode, chunk size or project is refused.
 
     Raises:
-        CheckpointError: the checkpoint belongs to another upload, is damaged or in use.
+        CheckpointError: the checkpoint belongs to another upload, is damaged or in use, or
+            could not be written (the upload was then stopped).
         ValidationError, ApiError, TransportError: as ``add``; rerun to resume.
     """
     async with resumable(

@@ -10,7 +10,8 @@ import io
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import orjson
 import pytest
 
 import batch_audience as ba
+from batch_audience._checkpoint import resumable
 from batch_audience._cli import Console, ProgressBar
 from batch_audience.testing import FakeBatchServer
 
@@ -442,6 +444,126 @@ async def test_a_checkpoint_of_another_file_is_refused(
     write(data, csv_ids(10))
     assert (await cli(server, *args)).code == 0
     assert len(server.members("later")) == 10
+
+
+# -- Ctrl-C in every phase -----------------------------------------------------------------------
+
+STOP_WITHIN = 3.0  # seconds from SIGINT to exit; the fix takes well under one
+
+
+async def wait_until(
+    done: Callable[[], bool], process: asyncio.subprocess.Process, what: str
+) -> None:
+    """Wait until ``done()`` holds while the command still runs."""
+    for _ in range(1500):
+        if await asyncio.to_thread(done):
+            return
+        assert process.returncode is None, f"the command ended before {what}"
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never saw {what}")
+
+
+def reads_stdin(pid: int) -> bool:
+    """Whether a thread of the process is blocked in read(0, ...) (Linux /proc)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            if (task / "syscall").read_text().startswith("0 0x0 "):
+                return True
+    return False
+
+
+async def interrupt(process: asyncio.subprocess.Process) -> tuple[int, float, str]:
+    """Send SIGINT; return the exit status, the seconds it took to exit, and stderr."""
+    process.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    code = await asyncio.wait_for(process.wait(), timeout=60)
+    elapsed = time.monotonic() - started
+    assert process.stderr is not None
+    err = (await process.stderr.read()).decode()
+    assert_clean(err)
+    return code, elapsed, err
+
+
+def write_heavy_csv(path: Path, rows: int) -> None:
+    """A CSV whose whole-file check takes seconds: 15 typed attributes per record."""
+    columns = [f"date:d{i}" for i in range(5)] + [f"int:n{i}" for i in range(5)]
+    columns += [f"s{i}" for i in range(5)]
+    cells = ["2024-01-02T10:00:00+02:00"] * 5 + ["12345"] * 5 + ["abcdef"] * 5
+    tail = ("," + ",".join(cells) + "\n").encode()
+    with path.open("wb") as file:
+        file.write(("id," + ",".join(columns) + "\n").encode())
+        file.writelines(b"u-%d%s" % (i, tail) for i in range(rows))
+
+
+async def test_ctrl_c_stops_the_check_of_a_large_file_at_once(
+    server: FakeBatchServer, client: ba.AudienceClient, tmp_path: Path
+) -> None:
+    """Ctrl-C during the whole-file check exits 130 at once; the checkpoint stays usable."""
+    await client.create("big")
+    data = tmp_path / "big.csv"
+    await asyncio.to_thread(write_heavy_csv, data, 600_000)  # checked in 5 s or more
+    checkpoint = tmp_path / "big.ckpt"
+    server.reset_stats()
+    args = ("upload", "big", str(data), "--checkpoint", str(checkpoint))
+    async with running(*args, env=environment(server)) as process:
+        # The checkpoint gets its header right before the check starts.
+        await wait_until(
+            lambda: checkpoint.exists() and checkpoint.read_bytes().endswith(b"\n"),
+            process,
+            "the checkpoint",
+        )
+        await asyncio.sleep(0.2)
+        code, elapsed, err = await interrupt(process)
+    assert code == 130, err
+    assert elapsed < STOP_WITHIN, f"took {elapsed:.1f} s to stop"
+    assert "run the same command again to resume" in err
+    assert not any(r.path.endswith(UPDATE) for r in server.requests)
+    identity = {**await asyncio.to_thread(ba.file_fingerprint, data), "format": "csv"}
+    async with resumable(client, "big", path=checkpoint, input=identity) as upload:
+        assert (upload.position, upload.resumed) == (0, False)  # whole, ours, and unlocked
+
+
+async def test_a_piped_record_goes_out_at_once_and_ctrl_c_stops_an_idle_stdin(
+    server: FakeBatchServer, client: ba.AudienceClient
+) -> None:
+    """A record piped in is sent without waiting for 999 more; Ctrl-C on an idle pipe exits 130."""
+    await client.create("piped")
+    server.reset_stats()
+    args = ("upload", "piped", "-", "--format", "ndjson", "--chunk-size", "1")
+    process = await start(*args, env=environment(server), stdin=True)
+    try:
+        assert process.stdin is not None
+        process.stdin.write(b'"first"\n')
+        await process.stdin.drain()
+        await wait_until(
+            lambda: any(r.path.endswith(UPDATE) for r in server.requests),
+            process,
+            "the piped record reach the server",
+        )
+        await wait_until(lambda: reads_stdin(process.pid), process, "the read of stdin")
+        code, elapsed, err = await interrupt(process)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert code == 130, err
+    assert elapsed < STOP_WITHIN, f"took {elapsed:.1f} s to stop"
+    assert "first" in server.members("piped")
+
+
+async def test_ctrl_c_stops_a_dry_run_waiting_on_an_idle_stdin() -> None:
+    """A dry run reading a pipe that stays idle exits 130 at Ctrl-C, not when the pipe closes."""
+    args = ("upload", "x", "-", "--format", "csv", "--dry-run")
+    process = await start(*args, env=environment(None), stdin=True)
+    try:
+        await wait_until(lambda: reads_stdin(process.pid), process, "the read of stdin")
+        code, elapsed, err = await interrupt(process)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert code == 130, err
+    assert elapsed < STOP_WITHIN, f"took {elapsed:.1f} s to stop"
 
 
 # -- fake-server and demo ----------------------------------------------------------------------
