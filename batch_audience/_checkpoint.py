@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import stat
 import threading
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from types import TracebackType
@@ -144,6 +145,9 @@ class _File:
         self._size = 0  # bytes of whole lines in the file
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
+            if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+                # /dev/zero would be read forever, /dev/null would keep nothing.
+                raise CheckpointError(f"checkpoint {path!r} is not a regular file")
             self._lock()
             self._load(identity)
         except BaseException:

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 import batch_audience as ba
-from batch_audience._checkpoint import resumable
+from batch_audience._checkpoint import contiguous, resumable
 from batch_audience._cli import Console, ProgressBar
 from batch_audience.testing import FakeBatchServer
 
@@ -444,6 +444,53 @@ async def test_a_checkpoint_of_another_file_is_refused(
     write(data, csv_ids(10))
     assert (await cli(server, *args)).code == 0
     assert len(server.members("later")) == 10
+
+
+async def test_a_checkpoint_that_cannot_be_written_stops_the_upload(
+    server: FakeBatchServer, client: ba.AudienceClient, tmp_path: Path
+) -> None:
+    """A checkpoint write failing mid-way (file size limit) stops the upload, exit 2; it resumes."""
+    await client.create("limited")
+    data = write(tmp_path / "in.csv", csv_ids(2_000))
+    checkpoint = tmp_path / "in.ckpt"
+    args = (
+        "upload", "limited", str(data), "--chunk-size", "100", "--concurrency", "2",
+        "--checkpoint", str(checkpoint),
+    )  # fmt: skip
+    server.reset_stats()
+    server.fail_next(delay=0.05, times=20, path=UPDATE)  # slow enough to see it stop
+    # RLIMIT_FSIZE makes the checkpoint's write fail (EFBIG) once the file reaches 600 bytes,
+    # after a partial write, as a full disk would; CPython ignores SIGXFSZ.
+    limited = (
+        "import resource, sys; from batch_audience._cli import main; "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (600, 600)); "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", limited, *args,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=environment(server),
+    )  # fmt: skip
+    out, err_bytes = await asyncio.wait_for(process.communicate(), timeout=60)
+    err = err_bytes.decode()
+    assert_clean(out.decode(), err)
+    assert process.returncode == 2, err
+    assert f"cannot write checkpoint {str(checkpoint)!r}: [Errno 27] File too large" in err
+    assert "run the same upload again" in err
+    sent = [r for r in server.requests if r.path.endswith(UPDATE)]
+    assert len(sent) < 20  # stopped, not run to the end with nothing recorded
+    content = checkpoint.read_bytes()
+    assert content.endswith(b"\n") and len(content) <= 600  # whole lines only
+    acked = [orjson.loads(line) for line in content.splitlines()[1:]]
+    assert acked  # what was acknowledged before the failure stays recorded
+    position = contiguous((a["start"], a["end"]) for a in acked)
+    server.clear_faults()
+
+    result = await cli(server, *args, "--json")
+    assert result.code == 0, result.err
+    assert result.json()["resumed_from"] == position > 0
+    assert set(server.members("limited")) == {f"u-{i}" for i in range(2_000)}
+    assert not checkpoint.exists()
 
 
 # -- Ctrl-C in every phase -----------------------------------------------------------------------

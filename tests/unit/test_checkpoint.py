@@ -193,6 +193,16 @@ async def test_a_line_cut_by_a_crash_is_dropped(
             pass
 
 
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/null"])
+async def test_a_checkpoint_that_is_not_a_regular_file_is_refused(
+    client: ba.AudienceClient, device: str
+) -> None:
+    """A device is refused at once: /dev/zero would be read forever, /dev/null keeps nothing."""
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        async with resumable(client, "aud", path=device, input=INPUT):
+            pass
+
+
 async def test_a_checkpoint_in_use_is_refused(client: ba.AudienceClient, tmp_path: Path) -> None:
     """Two uploads cannot share one checkpoint at the same time."""
     path = tmp_path / "ck"
