@@ -400,7 +400,8 @@ async def test_closing_during_a_write_leaves_the_file_to_the_writer(
     upload._acknowledge(0, 10, "t0")
     await asyncio.to_thread(entered.wait, 10)
     exiting = asyncio.create_task(upload.__aexit__(None, None, None))
-    await asyncio.sleep(0.01)
+    for _ in range(3):
+        await asyncio.sleep(0)  # the exit now waits for the write, in its last flush
     exiting.cancel()  # the second Ctrl-C
     with pytest.raises(asyncio.CancelledError):
         await exiting
