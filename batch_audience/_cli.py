@@ -43,7 +43,6 @@ from ._checkpoint import ResumableUpload, fingerprint, resumable
 from ._client import AudienceClient, CustomAudienceClient
 from ._config import DEFAULT_API_VERSION, DEFAULT_BASE_URL
 from ._exceptions import BatchAudienceError, UnsupportedOperation, ValidationError
-from ._gcpause import paused_gc
 from ._models import AudienceInfo, Progress, UploadReport
 from ._redact import MASK
 from ._sources import (
@@ -687,10 +686,8 @@ async def cmd_upload(args: argparse.Namespace, console: Console) -> int:
         reader = await asyncio.to_thread(open_records, path, fmt, skip=skip, ids_only=ids_only)
         stack.callback(reader.close)
         if path != STDIN:
-            # Passing millions of acknowledged records takes seconds: not on the loop, and
-            # without the collector's pauses, which would hold the loop all the same.
-            with paused_gc():
-                await off_loop(reader.skip_now)
+            # Passing millions of acknowledged records takes seconds: not on the loop.
+            await off_loop(reader.skip_now)
         # stdin may wait on its producer: read it in a thread. A file is read on the loop's
         # thread, which costs half as much CPU as the hops to a thread and blocks microseconds.
         source: Iterable[object] | AsyncIterable[object] = (

@@ -65,7 +65,6 @@ from typing import IO, Any, Final, Literal, TypeAlias
 import orjson
 
 from ._exceptions import ValidationError
-from ._gcpause import paused_gc
 from ._models import Url
 
 __all__ = [
@@ -296,15 +295,15 @@ class RecordReader:
         self._source = items if next(items, None) is not None else iter(())
 
     async def skip_in_thread(self) -> None:
-        """``skip_now`` in a worker thread, collection paused; a cancellation stops it soon."""
+        """``skip_now`` in a worker thread; a cancellation stops it soon."""
         if self._started or self._source is not None:
             return
         stop = threading.Event()
-        # The skip allocates a row per record: with automatic collection on, full collections
-        # would fire and hold the GIL, and so the loop, for 15-45 ms each (see _gcpause).
+        # The garbage collector is left as the process's owner set it (a library never changes
+        # interpreter-wide state): the skipped rows are garbage at once, so collections of
+        # them stay young and short.
         try:
-            with paused_gc():
-                await asyncio.to_thread(self.skip_now, stop)
+            await asyncio.to_thread(self.skip_now, stop)
         finally:
             stop.set()
 
