@@ -191,3 +191,23 @@ def current_rss_mb() -> float:
             return int(f.read().split()[1]) * _PAGE_MB
     except OSError:
         return peak_rss_mb()
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) of another process, from /proc (Linux); None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # Fields after the ")" that closes the command name; utime and stime are the
+            # 14th and 15th fields of stat(5), so the 12th and 13th here.
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> str:
+    """The 1-minute load average, or "n/a": how busy the shared machine was."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "n/a"
