@@ -31,12 +31,19 @@ Uploaders:
 Each round runs the uploaders one after the other (raw first) on one server; ``--pairs``
 rounds alternate them, and "vs raw" is the median over rounds of the ratio of an uploader's
 records/s to raw's in the same round (like the lab's ratio.py): only ratios measured together
-mean anything on a shared machine. Reported per uploader: records/s (median), vs raw, client
-CPU seconds (median), server CPU seconds (median), peak RSS and RSS growth (the largest over
-rounds; growth is peak minus the RSS before the upload), event-loop lag p99 / max (a 1 ms
-sleep in a side task, both aiohttp uploaders). RSS is also sampled every ``--rss-every``
-records pulled (default 1,000,000) and at the end, and printed per run: flat growth from the
-first sample to the end means memory does not grow with the input's length.
+mean anything on a shared machine. Reported per uploader:
+
+- records/s (median) and vs raw;
+- client CPU seconds (median) and per record; "vs raw (CPU)", the median over rounds of raw's
+  client CPU time over the uploader's (1.00x costs the same, below costs more): less
+  disturbed by other processes than the wall clock;
+- server CPU seconds (median): well below the elapsed time means the server was not the limit;
+- peak RSS and RSS growth (the largest over rounds; growth is peak minus the RSS before the
+  upload); RSS is also sampled every ``--rss-every`` records pulled (default 1,000,000) and
+  at the end, printed per run: flat from the first sample to the end means memory does not
+  grow with the input's length;
+- event-loop lag p99 / max: how late a 1 ms sleep in a side task wakes up, for both aiohttp
+  uploaders.
 
 Each run's records are checked as received: the sink's count for the audience (or the
 library's report and raw's answers against the fake) must equal N, or the run fails.
@@ -385,10 +392,10 @@ def report(opts: argparse.Namespace, names: list[str], runs: dict[str, list[dict
         f"{when}, load average {load_average()}\n"
     )
     print(
-        "| uploader | records/s | vs raw | client CPU s | server CPU s | peak RSS MB "
-        "| RSS growth MB | loop lag p99 / max ms |"
+        "| uploader | records/s | vs raw | client CPU s | CPU µs/record | vs raw (CPU) "
+        "| server CPU s | peak RSS MB | RSS growth MB | loop lag p99 / max ms |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name in names:
         rs = runs[name]
         rates = [opts.n / r["elapsed"] for r in rs]
@@ -396,15 +403,19 @@ def report(opts: argparse.Namespace, names: list[str], runs: dict[str, list[dict
             raws = [opts.n / r["elapsed"] for r in runs["raw"]]
             ratios = [rate / raw for rate, raw in zip(rates, raws, strict=True)]
             vs = f"{med(ratios):.2f}x"
+            cpu_ratios = [raw["cpu"] / r["cpu"] for r, raw in zip(rs, runs["raw"], strict=True)]
+            vs_cpu = f"{med(cpu_ratios):.2f}x"
         else:
-            vs = "-"
+            vs = vs_cpu = "-"
+        cpu = med([r["cpu"] for r in rs])
         servers = [r["server_cpu"] for r in rs if r["server_cpu"] is not None]
         lag = "-"
         if "lag_p99_ms" in rs[0]:
             p99 = med([r["lag_p99_ms"] for r in rs])
             lag = f"{p99:.1f} / {max(r['lag_max_ms'] for r in rs):.1f}"
         print(
-            f"| {name} | {med(rates):,.0f} | {vs} | {med([r['cpu'] for r in rs]):.2f} | "
+            f"| {name} | {med(rates):,.0f} | {vs} | {cpu:.2f} | {cpu / opts.n * 1e6:.2f} | "
+            f"{vs_cpu} | "
             f"{med(servers) if servers else float('nan'):.2f} | "
             f"{max(r['peak_rss_mb'] for r in rs):.0f} | "
             f"{max(r['rss_growth_mb'] for r in rs):.0f} | {lag} |"
