@@ -57,6 +57,7 @@ import gc
 import json
 import random
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -363,7 +364,12 @@ def one_run(opts: argparse.Namespace, server: Any, name: str, round_no: int) -> 
         audience,
     ]
     server0 = server_cpu(opts.server, server.url, server.process.pid)
-    result: dict[str, Any] = run_in_child(__file__, args)
+    try:
+        result: dict[str, Any] = run_in_child(__file__, args)
+    except subprocess.CalledProcessError as exc:
+        # The child's own error, not just its exit status.
+        sys.stderr.write(exc.stderr[-3000:])
+        raise SystemExit(f"{name}: the run failed (exit status {exc.returncode})") from None
     server1 = server_cpu(opts.server, server.url, server.process.pid)
     result["server_cpu"] = None if server0 is None or server1 is None else server1 - server0
     if opts.server == "sink":
