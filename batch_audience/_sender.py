@@ -413,6 +413,8 @@ class Sender:
                 self._limiter.throttled()
                 self._budget.throttled(exc.retry_after)
                 raise
+        # Acknowledged: the body is not needed any more, even before the task is reaped.
+        sent.chunk = None
         self._limiter.succeeded()
         self._budget.succeeded(sent.count)
         return response
