@@ -179,7 +179,8 @@ async def run_upload(
         # Records already handed to the server stay valid: let them land, then say how many
         # did, and never let a chunk that failed meanwhile go unsaid.
         await sender.settle()
-        failed = sender.take_failures()
+        # The error itself is among them when a chunk's own request raised it.
+        failed = [sent for sent in sender.take_failures() if sent.error is not exc]
         exc.acknowledged = sender.acknowledged
         exc.report = report()
         if failed:
