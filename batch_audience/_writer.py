@@ -40,7 +40,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, Self, final
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, Self, final
 
 import attrs
 import orjson
@@ -53,7 +53,7 @@ from ._sender import Sender
 from ._validate import MAX_ENTRIES, check_audience_name
 
 if TYPE_CHECKING:
-    from ._client import _BaseClient
+    from ._endpoints import Endpoints
     from ._session import Session
 
 __all__ = [
@@ -280,6 +280,17 @@ def _seconds(field: str, value: object, *, zero: bool) -> float:
     raise ValidationError(f"{field} must be a finite number of seconds {bound}, got {value!r}")
 
 
+class WriterHost(Protocol):
+    """What a writer needs of the client that made it (a protocol: no import of ``_client``)."""
+
+    _session: Session
+    _endpoints: Endpoints
+
+    def _open(self) -> object: ...
+
+    async def _upload_type(self, name: str, audience_type: str | None) -> str | None: ...
+
+
 class _Batch:
     """A sealed batch: its ``ids`` array as JSON, its entry count, its first entry's position."""
 
@@ -339,7 +350,7 @@ class AudienceWriter:
 
     def __init__(
         self,
-        client: _BaseClient,
+        client: WriterHost,
         name: str,
         *,
         max_records: int = MAX_ENTRIES,
