@@ -1,0 +1,694 @@
+"""Columnar sources: an Arrow C stream in, validated wire chunks out, with no Python object per row.
+
+Any object exposing ``__arrow_c_stream__`` (a pyarrow Table or RecordBatchReader, a pandas or
+polars DataFrame, a DuckDB relation) is read batch by batch. Column ``id`` is the ID, ``tags``
+(list of strings) the tags, every other column an attribute typed by the column's type.
+
+How the work is split, and why:
+
+- The schema is judged once, when the stream is opened, before any chunk exists: a bad name, an
+  unsupported type, a missing ``id``, too many attribute columns raise ValidationError.
+- Each chunk (at most ``size`` rows, sliced from the stream's batches without a copy) is
+  checked with pyarrow compute kernels. They flag every row that may break a rule; only those
+  rows are turned into a record (a dict) and given to ``EntryEncoder``, the one authority, which
+  raises the very ValidationError (position, ID, rule) the record path raises, or accepts the
+  row (a flag is allowed to be cautious: an unusual ISO-8601 form, a non-ASCII tag). So the
+  rules cannot drift from the record path, and clean rows never become Python objects.
+- The chunk's JSON is built by DuckDB (``to_json`` and string concatenation in C++), one query
+  per chunk over the Arrow data without a copy, and joined into the body from the result's
+  buffer in one copy.
+- Every step runs in a worker thread (pyarrow and DuckDB release the GIL), one step at a time,
+  the next chunk prepared while the current one is sent; the event loop only awaits it. DuckDB
+  connections are not thread-safe: one per upload, used by one step at a time.
+- A chunk's IDs stay an Arrow array; overlap between chunks in flight (spec §8) is one
+  vectorised ``is_in``.
+
+pyarrow and duckdb are the optional extra ``batch-audience[data]``: they are imported only when
+a columnar source is given, and their absence raises an error naming the install command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, cast
+
+import attrs
+
+from ._chunker import Chunk
+from ._exceptions import ValidationError
+from ._intake import Intake
+from ._validate import (
+    _DATE,
+    _INT_MAX,
+    _PLAIN,
+    _URL,
+    MAX_ARRAY_ITEMS,
+    MAX_ATTRIBUTES,
+    MAX_STRING_LENGTH,
+    MAX_TAG_LENGTH,
+    MAX_URL_LENGTH,
+    EntryEncoder,
+    _learn_key,
+    _show,
+)
+
+__all__ = ["INSTALL_COMMAND", "ArrowIds", "aiter_columnar", "is_columnar", "iter_columnar"]
+
+INSTALL_COMMAND: Final = "pip install 'batch-audience[data]'"
+
+# Column kinds.
+_STR: Final = "string"
+_INT: Final = "integer"
+_UINT64: Final = "uint64"
+_FLOAT: Final = "float"
+_TS: Final = "timestamp"
+_DATE_TEXT: Final = "date text"
+_URL_TEXT: Final = "url text"
+_ARRAY: Final = "array"
+_NULL: Final = "null"
+
+_TYPES_TEXT: Final = "string, integer, float, timestamp with a time zone, or list of strings"
+# Python's datetime holds years 1 to 9999; a timestamp outside cannot be a date attribute.
+_TS_MIN_S: Final = -62_135_596_800  # 0001-01-01T00:00:00Z, seconds from the epoch
+_TS_MAX_S: Final = 253_402_300_800  # 10000-01-01T00:00:00Z, exclusive
+_PER_SECOND: Final = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+# The forms of ISO-8601 that datetime.fromisoformat surely reads; anything else is handed to
+# it, row by row. Day-of-month validity is checked apart (strptime).
+_DATE_FORM: Final = (
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(\.[0-9]{3}|\.[0-9]{6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?$"
+)
+# _validate._PLAIN_URL in RE2 syntax (its \Z is RE2's $ without multi-line).
+_URL_FORM: Final = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][!-~]*)?$"
+_SQL_CACHE_MAX: Final = 64
+
+
+def is_columnar(source: object) -> bool:
+    """Whether ``source`` exposes the Arrow C stream interface (and is read as columns)."""
+    return hasattr(type(source), "__arrow_c_stream__")
+
+
+def _modules() -> tuple[Any, Any, Any]:
+    """pyarrow, pyarrow.compute and duckdb; an error naming the install command if missing."""
+    try:
+        pa = importlib.import_module("pyarrow")
+        pc = importlib.import_module("pyarrow.compute")
+        duckdb = importlib.import_module("duckdb")
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            f"a columnar source (an object with __arrow_c_stream__) needs pyarrow and duckdb, "
+            f"which are not installed: {exc}. Install them with: {INSTALL_COMMAND}",
+            name=exc.name,
+        ) from exc
+    return pa, pc, duckdb
+
+
+class ArrowIds:
+    """The IDs of one chunk as an Arrow array; overlap with another chunk is tested vectorised."""
+
+    __slots__ = ("_array", "_pc")
+
+    def __init__(self, array: Any, pc: Any) -> None:
+        self._array = array
+        self._pc = pc
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+    def __repr__(self) -> str:
+        # IDs are user data: never in reprs or logs.
+        return f"<{len(self._array)} ids>"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(cast("list[str]", self._array.to_pylist()))
+
+    def __contains__(self, rid: object) -> bool:
+        if not isinstance(rid, str):
+            return False
+        return bool(self._pc.any(self._pc.equal(self._array, rid)).as_py())
+
+    def isdisjoint(self, other: object) -> bool:
+        """Whether no ID is in both; vectorised when ``other`` is an ArrowIds too."""
+        if isinstance(other, ArrowIds):
+            # is_in hashes its value set: hash the smaller side.
+            small, large = sorted((self._array, other._array), key=len)
+            if not len(small):
+                return True
+            if small.type != large.type:
+                small = small.cast(large.type)
+            hits = self._pc.is_in(large, value_set=small)
+            return not bool(self._pc.any(hits).as_py())
+        return set(self).isdisjoint(other)  # type: ignore[arg-type]
+
+
+@attrs.frozen
+class _Attribute:
+    """One attribute column: where it is, its wire key and how its values are checked and sent."""
+
+    index: int  # position in the source schema
+    name: str  # column name, also the key of the record given to EntryEncoder
+    wire: str  # wire key
+    kind: str
+    unit: str = ""  # timestamp unit
+
+
+@attrs.frozen
+class _Plan:
+    """What the schema says: where the ID and tags are and how each attribute is sent."""
+
+    id_index: int
+    tags_index: int | None
+    attributes: tuple[_Attribute, ...]
+
+
+def _kind_of(pa: Any, type_: Any) -> str | None:
+    """The value kind of an Arrow type, before the column name is considered; None if refused."""
+    t = pa.types
+    if t.is_dictionary(type_):
+        return _STR if _is_text(pa, type_.value_type) else None
+    if _is_text(pa, type_):
+        return _STR
+    if t.is_uint64(type_):
+        return _UINT64
+    if t.is_integer(type_):
+        return _INT
+    if t.is_floating(type_):
+        return _FLOAT
+    if t.is_timestamp(type_):
+        return _TS if type_.tz is not None else None
+    if _is_list(pa, type_):
+        value = type_.value_type
+        if t.is_dictionary(value):
+            value = value.value_type
+        return _ARRAY if _is_text(pa, value) else None
+    if t.is_null(type_):
+        return _NULL
+    return None
+
+
+def _is_text(pa: Any, type_: Any) -> bool:
+    t = pa.types
+    return bool(t.is_string(type_) or t.is_large_string(type_) or t.is_string_view(type_))
+
+
+def _is_list(pa: Any, type_: Any) -> bool:
+    t = pa.types
+    return bool(
+        t.is_list(type_)
+        or t.is_large_list(type_)
+        or t.is_fixed_size_list(type_)
+        or t.is_list_view(type_)
+        or t.is_large_list_view(type_)
+    )
+
+
+def _refused_type(name: str, type_: Any, pa: Any) -> ValidationError:
+    t = pa.types
+    hint = f"use {_TYPES_TEXT}"
+    if t.is_timestamp(type_):
+        hint = "give it a time zone (for UTC: cast it to timestamp with tz='UTC')"
+    elif t.is_boolean(type_):
+        hint = "booleans are not an audience attribute type (spec §2.3); cast it to int or string"
+    elif t.is_date(type_):
+        hint = "cast it to a timestamp with a time zone"
+    return ValidationError(f"column {name!r} has type {type_}, which cannot be sent: {hint}")
+
+
+def _plan(pa: Any, schema: Any, encoders: tuple[EntryEncoder, ...]) -> _Plan:
+    """Judge the column names and types once; raise ValidationError for the first problem."""
+    names: list[str] = list(schema.names)
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValidationError(f"column {name!r} appears twice: give each column once")
+        seen.add(name)
+    if "id" not in seen:
+        shown = ", ".join(_show(n) for n in names[:8])
+        raise ValidationError(f"a columnar source needs an 'id' column, got columns [{shown}]")
+    id_index = names.index("id")
+    id_type = schema.field(id_index).type
+    if _kind_of(pa, id_type) != _STR:
+        raise ValidationError(
+            f"column 'id' has type {id_type}: IDs must be strings; cast the column to string"
+        )
+    tags_index: int | None = None
+    if "tags" in seen:
+        tags_index = names.index("tags")
+        for encoder in encoders:
+            if encoder._tags_refusal is not None:
+                raise ValidationError(f"column 'tags': {encoder._tags_refusal}")
+        tags_type = schema.field(tags_index).type
+        if _kind_of(pa, tags_type) not in (_ARRAY, _NULL):
+            raise ValidationError(
+                f"column 'tags' has type {tags_type}: tags must be a list of strings"
+            )
+    attributes: list[_Attribute] = []
+    wires: dict[str, str] = {}
+    for index, name in enumerate(names):
+        if index in (id_index, tags_index):
+            continue
+        for encoder in encoders:
+            if encoder._attributes_refusal is not None:
+                raise ValidationError(
+                    f"column {name!r}: {encoder._attributes_refusal}; give only the 'id' column"
+                )
+        key_kind, key, date_key, _ = _learn_key(name)
+        type_ = schema.field(index).type
+        kind = _kind_of(pa, type_)
+        if kind is None:
+            raise _refused_type(name, type_, pa)
+        wire = key
+        if key_kind == _PLAIN:
+            if kind == _TS:
+                wire = date_key
+        elif key_kind == _DATE:
+            if kind == _STR:
+                kind = _DATE_TEXT
+            elif kind not in (_TS, _NULL):
+                raise ValidationError(
+                    f"column {name!r} takes ISO-8601 date-time strings or a timestamp with a "
+                    f"time zone, got type {type_}"
+                )
+        else:
+            assert key_kind == _URL
+            if kind == _STR:
+                kind = _URL_TEXT
+            elif kind != _NULL:
+                raise ValidationError(
+                    f"column {name!r} takes absolute http or https URL strings, got type {type_}"
+                )
+        if wire in wires:
+            raise ValidationError(
+                f"columns {wires[wire]!r} and {name!r} both become wire key {wire!r}: "
+                "give each attribute once"
+            )
+        wires[wire] = name
+        unit = type_.unit if kind == _TS else ""
+        attributes.append(_Attribute(index, name, wire, kind, unit))
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise ValidationError(
+            f"{len(attributes)} attribute columns break the limit of {MAX_ATTRIBUTES} "
+            "attributes per entry"
+        )
+    return _Plan(id_index, tags_index, tuple(attributes))
+
+
+class _Stream:
+    """Reads an Arrow stream chunk by chunk; each call to ``next_chunk`` is one blocking step."""
+
+    def __init__(
+        self, source: object, intake: Intake, first: Intake, size: int, start: int
+    ) -> None:
+        self._pa, self._pc, self._duckdb = _modules()
+        self._source: object = source
+        self._encoders = (
+            EntryEncoder(first.generation, first.operation),
+            EntryEncoder(intake.generation, intake.operation),
+        )
+        self._size = size
+        self._position = start
+        self._index = 0
+        self._reader: Any = None
+        self._plan: _Plan | None = None
+        self._left: Any = None  # the part of the last batch read not yet in a chunk
+        self._done = False
+        self._con: Any = None
+        self._sql: dict[tuple[object, ...], str] = {}
+
+    def close(self) -> None:
+        """Release the stream and the DuckDB connection; safe to call more than once."""
+        self._done = True
+        self._left = None
+        self._source = None
+        reader, self._reader = self._reader, None
+        con, self._con = self._con, None
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                reader.close()
+        if con is not None:
+            con.close()
+
+    def _open(self) -> None:
+        pa = self._pa
+        source, self._source = self._source, None
+        try:
+            reader = pa.RecordBatchReader.from_stream(source)
+        except (TypeError, ValueError, pa.ArrowException) as exc:
+            raise ValidationError(
+                f"a columnar source must stream record batches (a table), got "
+                f"{type(source).__name__}: {exc}"
+            ) from None
+        self._reader = reader
+        self._plan = _plan(pa, reader.schema, self._encoders)
+        self._con = self._duckdb.connect(":memory:", config={"threads": 1})
+
+    def next_chunk(self) -> Chunk | None:
+        """Read, check and encode the next chunk; None at the end of the stream."""
+        if self._done:
+            return None
+        if self._reader is None:
+            self._open()
+        try:
+            batch = self._take()
+            if batch is None:
+                self.close()
+                return None
+            encoder = self._encoders[0] if self._index == 0 else self._encoders[1]
+            chunk = self._chunk(batch, encoder)
+        except BaseException:
+            self.close()
+            raise
+        self._index += 1
+        self._position += chunk.count
+        return chunk
+
+    def _take(self) -> Any:
+        """The next ``size`` rows (fewer at the end) as one record batch; None if none are left."""
+        slices: list[Any] = []
+        have = 0
+        while have < self._size:
+            left = self._left
+            if left is None:
+                try:
+                    left = self._reader.read_next_batch()
+                except StopIteration:
+                    break
+                if not left.num_rows:
+                    continue
+            take = min(self._size - have, left.num_rows)
+            slices.append(left.slice(0, take))
+            have += take
+            self._left = left.slice(take) if take < left.num_rows else None
+        if not slices:
+            return None
+        if len(slices) == 1:
+            return slices[0]
+        return self._pa.Table.from_batches(slices).combine_chunks().to_batches()[0]
+
+    def _chunk(self, batch: Any, encoder: EntryEncoder) -> Chunk:
+        pa, pc = self._pa, self._pc
+        plan = self._plan
+        assert plan is not None
+        rows = batch.num_rows
+        ids = _plain_text(pa, pc, batch.column(plan.id_index))
+        suspects = [_mask_rows(pc, pc.fill_null(pc.equal(pc.binary_length(ids), 0), True))]
+        out_of_range: dict[int, Any] = {}
+        columns = [ids]
+        kinds: list[tuple[str, str, bool]] = []
+        for attribute in plan.attributes:
+            if attribute.kind == _NULL:
+                continue
+            column, found = self._attribute(attribute, batch.column(attribute.index))
+            suspects.extend(found)
+            if attribute.kind == _TS:
+                bad = _timestamp_out_of_range(pa, pc, column, attribute.unit)
+                if bad is not None:
+                    out_of_range[attribute.index] = bad
+                    suspects.append(_mask_rows(pc, bad))
+                if attribute.unit != "ns":
+                    column = column.cast(pa.timestamp("us"), safe=False)
+                else:
+                    column = column.cast(pa.timestamp("ns"))
+            columns.append(column)
+            kinds.append((attribute.kind, attribute.wire, attribute.unit == "ns"))
+        has_tags = False
+        if plan.tags_index is not None and not pa.types.is_null(
+            batch.schema.field(plan.tags_index).type
+        ):
+            tags = _plain_list(pa, pc, batch.column(plan.tags_index))
+            suspects.append(_tag_rows(pc, tags))
+            columns.append(tags)
+            has_tags = True
+        found = [s for s in suspects if s is not None and len(s)]
+        if found:
+            self._check_rows(batch, pc.unique(pa.concat_arrays(found)), encoder, out_of_range)
+        sql = self._query(encoder, tuple(kinds), has_tags, bool(plan.attributes))
+        table = pa.Table.from_arrays(columns, names=[f"c{i}" for i in range(len(columns))])
+        con = self._con
+        con.register("chunk", table)
+        try:
+            result = con.sql(sql).to_arrow_table()
+        finally:
+            con.unregister("chunk")
+        body = _body(pa, pc, result.column(0))
+        return Chunk(self._index, self._position, rows, body, cast(Any, ArrowIds(ids, pc)))
+
+    def _attribute(self, attribute: _Attribute, column: Any) -> tuple[Any, list[Any]]:
+        """The column ready for DuckDB and the rows that may break a rule (Arrow index arrays)."""
+        pa, pc = self._pa, self._pc
+        kind = attribute.kind
+        found: list[Any] = []
+        if kind in (_STR, _DATE_TEXT, _URL_TEXT):
+            column = _plain_text(pa, pc, column)
+            lengths = pc.binary_length(column)
+        if kind == _STR:
+            long = pc.greater(lengths, MAX_STRING_LENGTH)
+            if _any(pc, long):
+                found.append(_mask_rows(pc, pc.greater(pc.utf8_length(column), MAX_STRING_LENGTH)))
+        elif kind == _DATE_TEXT:
+            form = pc.match_substring_regex(column, _DATE_FORM)
+            day = pc.strptime(
+                pc.utf8_slice_codeunits(column, 0, 10),
+                format="%Y-%m-%d",
+                unit="s",
+                error_is_null=True,
+            )
+            fine = pc.and_kleene(
+                pc.and_kleene(form, pc.is_valid(day)),
+                pc.invert(pc.starts_with(column, "0000")),
+            )
+            found.append(_mask_rows(pc, pc.and_(pc.is_valid(column), pc.invert(fine))))
+        elif kind == _URL_TEXT:
+            fine = pc.and_(
+                pc.less_equal(lengths, MAX_URL_LENGTH), pc.match_substring_regex(column, _URL_FORM)
+            )
+            found.append(_mask_rows(pc, pc.and_(pc.is_valid(column), pc.invert(fine))))
+        elif kind == _UINT64:
+            found.append(_mask_rows(pc, pc.greater(column, pa.scalar(_INT_MAX, pa.uint64()))))
+        elif kind == _FLOAT:
+            if not pa.types.is_float64(column.type):
+                column = column.cast(pa.float64())
+            found.append(_mask_rows(pc, pc.invert(pc.is_finite(column))))
+        elif kind == _ARRAY:
+            column = _plain_list(pa, pc, column)
+            found.append(_mask_rows(pc, pc.greater(pc.list_value_length(column), MAX_ARRAY_ITEMS)))
+            items = pc.list_flatten(column)
+            bad = pc.fill_null(pc.greater(pc.binary_length(items), MAX_STRING_LENGTH), True)
+            if _any(pc, bad):
+                found.append(pc.unique(pc.filter(pc.list_parent_indices(column), bad)))
+        return column, found
+
+    def _check_rows(
+        self, batch: Any, rows: Any, encoder: EntryEncoder, out_of_range: dict[int, Any]
+    ) -> None:
+        """Give each flagged row, in order, to EntryEncoder: it raises the first broken rule."""
+        plan = self._plan
+        assert plan is not None
+        for row in sorted(rows.to_pylist()):
+            position = self._position + row
+            rid = batch.column(plan.id_index)[row].as_py()
+            # The ID is judged first, as the record path does.
+            encoder.encode({"id": rid}, position)
+            attributes: dict[str, Any] = {}
+            for attribute in plan.attributes:
+                if attribute.kind == _TS:
+                    bad = out_of_range.get(attribute.index)
+                    if bad is not None and bad[row].as_py():
+                        raise ValidationError(
+                            f"attribute {attribute.name!r} is a timestamp outside years 1 to "
+                            "9999, which a date attribute cannot hold",
+                            position=position,
+                            record_id=rid,
+                        )
+                    # A valid timestamp always passes; Python cannot hold nanoseconds anyway.
+                    continue
+                if attribute.kind == _NULL:
+                    continue
+                value = batch.column(attribute.index)[row].as_py()
+                if value is not None:
+                    attributes[attribute.name] = value
+            record: dict[str, Any] = {"id": rid}
+            if attributes:
+                record["attributes"] = attributes
+            if plan.tags_index is not None:
+                record["tags"] = batch.column(plan.tags_index)[row].as_py()
+            encoder.encode(record, position)
+
+    def _query(
+        self,
+        encoder: EntryEncoder,
+        kinds: tuple[tuple[str, str, bool], ...],
+        tags: bool,
+        attributes: bool,
+    ) -> str:
+        """The SQL that writes one JSON entry per row, followed by a comma; cached per shape."""
+        action = encoder.operation if encoder.operation != "replace" else None
+        shape = (action, kinds, tags, attributes)
+        sql = self._sql.get(shape)
+        if sql is not None:
+            return sql
+        head = '{"id":' if action is None else f'{{"action":"{action}","id":'
+        parts = [_literal(head), "to_json(c0)"]
+        if attributes:
+            pieces = []
+            for number, (kind, wire, nanos) in enumerate(kinds, start=1):
+                # '"key":' || NULL is NULL, and concat_ws skips NULLs: a null cell drops its key.
+                key = _literal(f'"{wire}":')
+                pieces.append(f"{key} || {_value_sql(f'c{number}', kind, nanos)}")
+            inner = f"concat_ws(',', {', '.join(pieces)})" if pieces else "''"
+            parts += [_literal(',"attributes":{'), inner, _literal("}")]
+        if tags:
+            key = _literal(',"tags":')
+            parts.append(f"{key} || to_json(c{len(kinds) + 1})")
+        parts.append(_literal("},"))
+        sql = f"SELECT concat({', '.join(parts)}) AS entry FROM chunk"
+        if len(self._sql) >= _SQL_CACHE_MAX:
+            self._sql.clear()
+        self._sql[shape] = sql
+        return sql
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _value_sql(column: str, kind: str, nanos: bool) -> str:
+    if kind in (_INT, _UINT64):
+        return f"{column}::VARCHAR"
+    if kind == _TS:
+        # The library's UTC text: seconds, then microseconds (nanoseconds) only when non-zero.
+        if nanos:
+            return (
+                f"CASE WHEN epoch_ns({column}) % 1000000000 = 0 "
+                f"THEN strftime({column}, '\"%Y-%m-%dT%H:%M:%SZ\"') "
+                f"WHEN epoch_ns({column}) % 1000 = 0 "
+                f"THEN strftime({column}, '\"%Y-%m-%dT%H:%M:%S.%fZ\"') "
+                f"ELSE strftime({column}, '\"%Y-%m-%dT%H:%M:%S.%nZ\"') END"
+            )
+        return (
+            f"CASE WHEN epoch_us({column}) % 1000000 = 0 "
+            f"THEN strftime({column}, '\"%Y-%m-%dT%H:%M:%SZ\"') "
+            f"ELSE strftime({column}, '\"%Y-%m-%dT%H:%M:%S.%fZ\"') END"
+        )
+    return f"to_json({column})"
+
+
+def _any(pc: Any, mask: Any) -> bool:
+    return bool(pc.any(mask).as_py())
+
+
+def _mask_rows(pc: Any, mask: Any) -> Any:
+    """The row numbers where ``mask`` is true (null counts as false)."""
+    return pc.indices_nonzero(pc.fill_null(mask, False))
+
+
+def _plain_text(pa: Any, pc: Any, column: Any) -> Any:
+    """A string column as string or large_string (dictionaries and views decoded)."""
+    type_ = column.type
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return column
+    return column.cast(pa.large_string())
+
+
+def _plain_list(pa: Any, pc: Any, column: Any) -> Any:
+    """A list-of-strings column as list<string> or large_list<...> with plain string items."""
+    type_ = column.type
+    if pa.types.is_null(type_):
+        return column
+    if (pa.types.is_list(type_) or pa.types.is_large_list(type_)) and (
+        pa.types.is_string(type_.value_type) or pa.types.is_large_string(type_.value_type)
+    ):
+        return column
+    return column.cast(pa.large_list(pa.large_string()))
+
+
+def _tag_rows(pc: Any, tags: Any) -> Any:
+    """Rows whose tags may break the tag rule: empty, long, null, non-ASCII or uppercase."""
+    items = pc.list_flatten(tags)
+    lengths = pc.binary_length(items)
+    bad = pc.or_(
+        pc.or_(pc.equal(lengths, 0), pc.greater(lengths, MAX_TAG_LENGTH)),
+        # Non-ASCII tags go to EntryEncoder: str.lower() is the rule, not Arrow's case tables.
+        pc.or_(pc.invert(pc.string_is_ascii(items)), pc.not_equal(pc.ascii_lower(items), items)),
+    )
+    bad = pc.fill_null(bad, True)
+    if not _any(pc, bad):
+        return None
+    return pc.unique(pc.filter(pc.list_parent_indices(tags), bad))
+
+
+def _timestamp_out_of_range(pa: Any, pc: Any, column: Any, unit: str) -> Any:
+    """A mask of the timestamps outside years 1 to 9999; None when there are none."""
+    per = _PER_SECOND[unit]
+    raw = column.cast(pa.int64())
+    bad = pc.or_(pc.less(raw, _TS_MIN_S * per), pc.greater_equal(raw, _TS_MAX_S * per))
+    return bad if _any(pc, bad) else None
+
+
+def _body(pa: Any, pc: Any, column: Any) -> bytes:
+    """The JSON array of the entries: the rows' text (each ends with a comma) in one copy."""
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    type_ = array.type
+    if not (pa.types.is_string(type_) or pa.types.is_large_string(type_)):
+        array = array.cast(pa.large_string())
+        type_ = array.type
+    _, offsets, data = array.buffers()
+    view = memoryview(offsets).cast("q" if pa.types.is_large_string(type_) else "i")
+    begin = view[array.offset]
+    end = view[array.offset + len(array)]
+    # The last entry's comma becomes the closing bracket.
+    return b"".join((b"[", memoryview(data)[begin : end - 1], b"]"))
+
+
+def iter_columnar(
+    source: object, intake: Intake, *, size: int, start: int = 0, first: Intake | None = None
+) -> Iterator[Chunk]:
+    """The chunks of a columnar source, in the calling thread (for tests and scripts).
+
+    Raises:
+        ModuleNotFoundError: pyarrow or duckdb is missing (the message names the install command).
+        ValidationError: for the schema before the first chunk; for the first bad row, with
+            its position and ID, instead of the chunk holding it.
+    """
+    stream = _Stream(source, intake, first or intake, size, start)
+    try:
+        while (chunk := stream.next_chunk()) is not None:
+            yield chunk
+    finally:
+        stream.close()
+
+
+def aiter_columnar(
+    source: object, intake: Intake, *, size: int, start: int = 0, first: Intake | None = None
+) -> AsyncIterator[Chunk]:
+    """The chunks of a columnar source, each prepared in a worker thread while the last is sent.
+
+    Raises:
+        ModuleNotFoundError: at once, if pyarrow or duckdb is missing.
+        ValidationError: as ``iter_columnar``.
+    """
+    stream = _Stream(source, intake, first or intake, size, start)
+    return _pump(stream)
+
+
+async def _pump(stream: _Stream) -> AsyncIterator[Chunk]:
+    # One worker thread per upload: steps never overlap, so the DuckDB connection and the
+    # Arrow stream are only ever used by one thread at a time, and close() runs after the last.
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-audience-columnar")
+    try:
+        step = worker.submit(stream.next_chunk)
+        while True:
+            chunk = await asyncio.wrap_future(step)
+            if chunk is None:
+                return
+            # Prepare the next chunk while this one is sent.
+            step = worker.submit(stream.next_chunk)
+            yield chunk
+    finally:
+        # Queued behind a step still running (a consumer that stopped early), never beside it.
+        worker.submit(stream.close)
+        worker.shutdown(wait=False)
