@@ -85,6 +85,10 @@ _DATE_FORM: Final = (
 # _validate._PLAIN_URL in RE2 syntax (its \Z is RE2's $ without multi-line).
 _URL_FORM: Final = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][!-~]*)?$"
 _SQL_CACHE_MAX: Final = 64
+# Rows read, checked and encoded per step in the worker (rounded to whole chunks): each call
+# into pyarrow or DuckDB hands the GIL back and forth with the event loop, so few large
+# steps keep the loop's waits short and the worker's too.
+_STEP_ROWS: Final = 50_000
 
 
 def is_columnar(source: object) -> bool:
@@ -108,13 +112,33 @@ def _modules() -> tuple[Any, Any, Any]:
 
 
 class ArrowIds:
-    """The IDs of one chunk as an Arrow array; overlap with another chunk is tested vectorised."""
+    """The IDs of one chunk as an Arrow array, with its overlaps with the chunks just before it.
 
-    __slots__ = ("_array", "_pc")
+    The upload engine asks ``isdisjoint`` of each chunk against every chunk in flight, on the
+    event loop, several times per chunk. The worker thread already knows, for each chunk, which
+    of the chunks of the same and the previous step share an ID with it (one hash join per
+    step in DuckDB, off the loop), so those answers are a set lookup; only a chunk older than
+    that window, still in flight, is compared with a vectorised ``is_in``.
+    """
 
-    def __init__(self, array: Any, pc: Any) -> None:
+    __slots__ = ("_array", "_index", "_known_from", "_origin", "_overlaps", "_pc")
+
+    def __init__(
+        self,
+        array: Any,
+        pc: Any,
+        *,
+        origin: object = None,
+        index: int = -1,
+        known_from: int = 0,
+        overlaps: frozenset[int] = frozenset(),
+    ) -> None:
         self._array = array
         self._pc = pc
+        self._origin = origin  # the stream: answers from the window hold only within it
+        self._index = index  # the chunk's number in its stream
+        self._known_from = known_from  # the earliest chunk number ``overlaps`` covers
+        self._overlaps = overlaps  # earlier chunks in the window that share an ID with it
 
     def __len__(self) -> int:
         return len(self._array)
@@ -132,8 +156,12 @@ class ArrowIds:
         return bool(self._pc.any(self._pc.equal(self._array, rid)).as_py())
 
     def isdisjoint(self, other: object) -> bool:
-        """Whether no ID is in both; vectorised when ``other`` is an ArrowIds too."""
+        """Whether no ID is in both; a lookup for nearby chunks of one stream, else vectorised."""
         if isinstance(other, ArrowIds):
+            if self._origin is not None and self._origin is other._origin:
+                later, earlier = (self, other) if self._index > other._index else (other, self)
+                if later._index != earlier._index and earlier._index >= later._known_from:
+                    return earlier._index not in later._overlaps
             # is_in hashes its value set: hash the smaller side.
             small, large = sorted((self._array, other._array), key=len)
             if not len(small):
@@ -318,12 +346,14 @@ class _Stream:
         self._done = False
         self._con: Any = None
         self._sql: dict[tuple[object, ...], str] = {}
+        self._recent: Any = None  # the ID hashes and chunk numbers of the last step
 
     def close(self) -> None:
         """Release the stream and the DuckDB connection; safe to call more than once."""
         self._done = True
         self._left = None
         self._source = None
+        self._recent = None
         reader, self._reader = self._reader, None
         con, self._con = self._con, None
         if reader is not None:
@@ -346,50 +376,66 @@ class _Stream:
         self._plan = _plan(pa, reader.schema, self._encoders)
         self._con = self._duckdb.connect(":memory:", config={"threads": 1})
 
-    def next_chunk(self) -> Chunk | None:
-        """Read, check and encode the next chunk; None at the end of the stream."""
+    def next_step(self) -> tuple[list[Chunk], ValidationError | None]:
+        """Read, check and encode the next few chunks; no chunks and no error at the end.
+
+        When a row breaks a rule, the chunks before the one holding it come back with the
+        error, and the stream is closed: nothing from that chunk on is ever encoded.
+        """
         if self._done:
-            return None
-        if self._reader is None:
-            self._open()
+            return [], None
         try:
+            if self._reader is None:
+                self._open()
             batch = self._take()
             if batch is None:
                 self.close()
-                return None
-            encoder = self._encoders[0] if self._index == 0 else self._encoders[1]
-            chunk = self._chunk(batch, encoder)
+                return [], None
+            chunks, error = self._step(batch)
         except BaseException:
             self.close()
             raise
-        self._index += 1
-        self._position += chunk.count
-        return chunk
+        if error is not None:
+            self.close()
+        return chunks, error
 
     def _take(self) -> Any:
-        """The next ``size`` rows (fewer at the end) as one record batch; None if none are left."""
-        slices: list[Any] = []
-        have = 0
-        while have < self._size:
-            left = self._left
-            if left is None:
-                try:
-                    left = self._reader.read_next_batch()
-                except StopIteration:
-                    break
-                if not left.num_rows:
-                    continue
-            take = min(self._size - have, left.num_rows)
-            slices.append(left.slice(0, take))
-            have += take
+        """The next rows, a whole number of chunks (fewer at the end), as one record batch.
+
+        Whole chunks are sliced from one source batch without a copy; only a chunk that spans
+        two source batches is copied together.
+        """
+        size = self._size
+        left = self._left
+        while left is None or not left.num_rows:
+            try:
+                left = self._reader.read_next_batch()
+            except StopIteration:
+                self._left = None
+                return None
+        if left.num_rows >= size:
+            take = min(left.num_rows // size, max(1, _STEP_ROWS // size)) * size
             self._left = left.slice(take) if take < left.num_rows else None
-        if not slices:
-            return None
+            return left.slice(0, take)
+        slices = [left]
+        have = left.num_rows
+        self._left = None
+        while have < size:
+            try:
+                batch = self._reader.read_next_batch()
+            except StopIteration:
+                break
+            take = min(size - have, batch.num_rows)
+            if take:
+                slices.append(batch.slice(0, take))
+                have += take
+            if take < batch.num_rows:
+                self._left = batch.slice(take)
         if len(slices) == 1:
             return slices[0]
         return self._pa.Table.from_batches(slices).combine_chunks().to_batches()[0]
 
-    def _chunk(self, batch: Any, encoder: EntryEncoder) -> Chunk:
+    def _step(self, batch: Any) -> tuple[list[Chunk], ValidationError | None]:
         pa, pc = self._pa, self._pc
         plan = self._plan
         assert plan is not None
@@ -409,10 +455,9 @@ class _Stream:
                 if bad is not None:
                     out_of_range[attribute.index] = bad
                     suspects.append(_mask_rows(pc, bad))
-                if attribute.unit != "ns":
-                    column = column.cast(pa.timestamp("us"), safe=False)
-                else:
-                    column = column.cast(pa.timestamp("ns"))
+                # Out-of-range values may wrap here: their rows raise before being encoded.
+                unit = "ns" if attribute.unit == "ns" else "us"
+                column = column.cast(pa.timestamp(unit), safe=False)
             columns.append(column)
             kinds.append((attribute.kind, attribute.wire, attribute.unit == "ns"))
         has_tags = False
@@ -423,19 +468,120 @@ class _Stream:
             suspects.append(_tag_rows(pc, tags))
             columns.append(tags)
             has_tags = True
+        error: ValidationError | None = None
         found = [s for s in suspects if s is not None and len(s)]
         if found:
-            self._check_rows(batch, pc.unique(pa.concat_arrays(found)), encoder, out_of_range)
-        sql = self._query(encoder, tuple(kinds), has_tags, bool(plan.attributes))
-        table = pa.Table.from_arrays(columns, names=[f"c{i}" for i in range(len(columns))])
+            error = self._check_rows(batch, pc.unique(pa.concat_arrays(found)), out_of_range)
+        size = self._size
+        # Only whole chunks before the one holding the bad row are encoded and sent.
+        good = rows
+        if error is not None:
+            assert error.position is not None
+            good = (error.position - self._position) // size * size
+        chunks: list[Chunk] = []
+        if good:
+            table = pa.Table.from_arrays(
+                [c.slice(0, good) for c in columns], names=[f"c{i}" for i in range(len(columns))]
+            )
+            dense = not any(column.null_count for column in columns[1:])
+            entries, hashes = self._encode(
+                table, tuple(kinds), has_tags, bool(plan.attributes), dense, good
+            )
+            overlaps, known_from = self._overlaps(hashes, good)
+            for begin in range(0, good, size):
+                count = min(size, good - begin)
+                encoded = entries[1] if self._index == 0 else entries[0]
+                ids_of_chunk = ArrowIds(
+                    ids.slice(begin, count),
+                    pc,
+                    origin=self,
+                    index=self._index,
+                    known_from=known_from,
+                    overlaps=overlaps.get(self._index, frozenset()),
+                )
+                chunks.append(
+                    Chunk(
+                        self._index,
+                        self._position,
+                        count,
+                        encoded.body(begin, begin + count),
+                        cast(Any, ids_of_chunk),
+                    )
+                )
+                self._index += 1
+                self._position += count
+        return chunks, error
+
+    def _encode(
+        self,
+        table: Any,
+        kinds: tuple[tuple[str, str, bool], ...],
+        tags: bool,
+        attributes: bool,
+        dense: bool,
+        rows: int,
+    ) -> tuple[tuple[_Text, _Text], Any]:
+        """The entries' JSON per row (for later chunks, for the first chunk) and ID hashes."""
         con = self._con
         con.register("chunk", table)
         try:
+            sql = self._query(self._encoders[1], kinds, tags, attributes, dense)
             result = con.sql(sql).to_arrow_table()
+            later = _Text.of(self._pa, result.column(0))
+            hashes = result.column(1)
+            if self._index == 0 and self._encoders[0].operation != self._encoders[1].operation:
+                # A chunked replace: its first chunk carries no action.
+                sql = self._query(self._encoders[0], kinds, tags, attributes, dense)
+                limit = min(rows, self._size)
+                first = _Text.of(
+                    self._pa, con.sql(f"{sql} LIMIT {limit}").to_arrow_table().column(0)
+                )
+            else:
+                first = later
         finally:
             con.unregister("chunk")
-        body = _body(pa, pc, result.column(0))
-        return Chunk(self._index, self._position, rows, body, cast(Any, ArrowIds(ids, pc)))
+        return (later, first), hashes
+
+    def _overlaps(self, hashes: Any, rows: int) -> tuple[dict[int, frozenset[int]], int]:
+        """Which earlier chunks of this step and the last share an ID hash with each new chunk.
+
+        Returns the overlaps by chunk number and the first chunk number they cover. A hash
+        collision only reports an overlap that is not there: a chunk then waits, never more.
+        """
+        pa, pc = self._pa, self._pc
+        # Each row's chunk number, vectorised: the parent index of a list per chunk.
+        offsets = pa.array([*range(0, rows, self._size), rows], pa.int32())
+        per_chunk = pa.ListArray.from_arrays(offsets, pa.nulls(rows))
+        numbers = pc.add(pc.list_parent_indices(per_chunk).cast(pa.int64()), self._index)
+        hashes = hashes.combine_chunks()
+        previous = self._recent
+        self._recent = (hashes, numbers)
+        known_from = self._index if previous is None else int(previous[1][0].as_py())
+        # The common case, no ID twice in the window, costs two hash passes; the join runs
+        # only when some hash repeats.
+        repeats = len(pc.unique(hashes)) != len(hashes)
+        if not repeats and previous is not None:
+            repeats = bool(pc.any(pc.is_in(hashes, value_set=previous[0])).as_py())
+        if not repeats:
+            return {}, known_from
+        current = pa.table({"h": hashes, "n": numbers})
+        window = current
+        if previous is not None:
+            window = pa.concat_tables([pa.table({"h": previous[0], "n": previous[1]}), current])
+        con = self._con
+        con.register("cur", current)
+        con.register("win", window)
+        try:
+            pairs = con.sql(
+                "SELECT DISTINCT c.n, w.n FROM cur c JOIN win w ON c.h = w.h AND w.n < c.n"
+            ).fetchall()
+        finally:
+            con.unregister("cur")
+            con.unregister("win")
+        found: dict[int, set[int]] = {}
+        for later, earlier in pairs:
+            found.setdefault(later, set()).add(earlier)
+        return {n: frozenset(e) for n, e in found.items()}, known_from
 
     def _attribute(self, attribute: _Attribute, column: Any) -> tuple[Any, list[Any]]:
         """The column ready for DuckDB and the rows that may break a rule (Arrow index arrays)."""
@@ -483,40 +629,46 @@ class _Stream:
         return column, found
 
     def _check_rows(
-        self, batch: Any, rows: Any, encoder: EntryEncoder, out_of_range: dict[int, Any]
-    ) -> None:
-        """Give each flagged row, in order, to EntryEncoder: it raises the first broken rule."""
+        self, batch: Any, rows: Any, out_of_range: dict[int, Any]
+    ) -> ValidationError | None:
+        """Give each flagged row, in order, to EntryEncoder; return the first broken rule."""
         plan = self._plan
         assert plan is not None
         for row in sorted(rows.to_pylist()):
             position = self._position + row
+            first_chunk = self._index + row // self._size == 0
+            encoder = self._encoders[0] if first_chunk else self._encoders[1]
             rid = batch.column(plan.id_index)[row].as_py()
-            # The ID is judged first, as the record path does.
-            encoder.encode({"id": rid}, position)
-            attributes: dict[str, Any] = {}
-            for attribute in plan.attributes:
-                if attribute.kind == _TS:
-                    bad = out_of_range.get(attribute.index)
-                    if bad is not None and bad[row].as_py():
-                        raise ValidationError(
-                            f"attribute {attribute.name!r} is a timestamp outside years 1 to "
-                            "9999, which a date attribute cannot hold",
-                            position=position,
-                            record_id=rid,
-                        )
-                    # A valid timestamp always passes; Python cannot hold nanoseconds anyway.
-                    continue
-                if attribute.kind == _NULL:
-                    continue
-                value = batch.column(attribute.index)[row].as_py()
-                if value is not None:
-                    attributes[attribute.name] = value
             record: dict[str, Any] = {"id": rid}
-            if attributes:
-                record["attributes"] = attributes
-            if plan.tags_index is not None:
-                record["tags"] = batch.column(plan.tags_index)[row].as_py()
-            encoder.encode(record, position)
+            attributes: dict[str, Any] = {}
+            try:
+                # The ID is judged first, as the record path does.
+                encoder.encode(record, position)
+                for attribute in plan.attributes:
+                    if attribute.kind == _TS:
+                        bad = out_of_range.get(attribute.index)
+                        if bad is not None and bad[row].as_py():
+                            raise ValidationError(
+                                f"attribute {attribute.name!r} is a timestamp outside years 1 "
+                                "to 9999, which a date attribute cannot hold",
+                                position=position,
+                                record_id=rid,
+                            )
+                        # Any other timestamp is valid (and Python cannot hold nanoseconds).
+                        continue
+                    if attribute.kind == _NULL:
+                        continue
+                    value = batch.column(attribute.index)[row].as_py()
+                    if value is not None:
+                        attributes[attribute.name] = value
+                if plan.attributes:
+                    record["attributes"] = attributes
+                if plan.tags_index is not None:
+                    record["tags"] = batch.column(plan.tags_index)[row].as_py()
+                encoder.encode(record, position)
+            except ValidationError as exc:
+                return exc
+        return None
 
     def _query(
         self,
@@ -524,28 +676,52 @@ class _Stream:
         kinds: tuple[tuple[str, str, bool], ...],
         tags: bool,
         attributes: bool,
+        dense: bool,
     ) -> str:
-        """The SQL that writes one JSON entry per row, followed by a comma; cached per shape."""
+        """The SQL that writes one JSON entry per row, followed by a comma; cached per shape.
+
+        ``dense``: no null cell in the step, so each row is one ``to_json`` of a struct (one
+        serialisation per row); otherwise strings are joined and a null cell drops its key.
+        """
         action = encoder.operation if encoder.operation != "replace" else None
-        shape = (action, kinds, tags, attributes)
+        shape = (action, kinds, tags, attributes, dense)
         sql = self._sql.get(shape)
         if sql is not None:
             return sql
-        head = '{"id":' if action is None else f'{{"action":"{action}","id":'
-        parts = [_literal(head), "to_json(c0)"]
-        if attributes:
-            pieces = []
-            for number, (kind, wire, nanos) in enumerate(kinds, start=1):
-                # '"key":' || NULL is NULL, and concat_ws skips NULLs: a null cell drops its key.
-                key = _literal(f'"{wire}":')
-                pieces.append(f"{key} || {_value_sql(f'c{number}', kind, nanos)}")
-            inner = f"concat_ws(',', {', '.join(pieces)})" if pieces else "''"
-            parts += [_literal(',"attributes":{'), inner, _literal("}")]
-        if tags:
-            key = _literal(',"tags":')
-            parts.append(f"{key} || to_json(c{len(kinds) + 1})")
-        parts.append(_literal("},"))
-        sql = f"SELECT concat({', '.join(parts)}) AS entry FROM chunk"
+        if dense:
+            fields = ([f"'action': {_literal(action)}"] if action is not None else []) + [
+                "'id': c0"
+            ]
+            if attributes:
+                values = ", ".join(
+                    f"{_literal(wire)}: {_struct_value_sql(f'c{number}', kind, nanos)}"
+                    for number, (kind, wire, nanos) in enumerate(kinds, start=1)
+                )
+                # An empty struct is not valid SQL: no attribute column left means {}.
+                fields.append(
+                    f"'attributes': {{{values}}}" if values else "'attributes': '{}'::JSON"
+                )
+            if tags:
+                fields.append(f"'tags': c{len(kinds) + 1}")
+            entry = f"to_json({{{', '.join(fields)}}}) || ','"
+        else:
+            head = '{"id":' if action is None else f'{{"action":"{action}","id":'
+            parts = [_literal(head), "to_json(c0)"]
+            if attributes:
+                pieces = []
+                for number, (kind, wire, nanos) in enumerate(kinds, start=1):
+                    # '"key":' || NULL is NULL, and concat_ws skips NULLs: a null cell drops
+                    # its key.
+                    key = _literal(f'"{wire}":')
+                    pieces.append(f"{key} || {_value_sql(f'c{number}', kind, nanos)}")
+                inner = f"concat_ws(',', {', '.join(pieces)})" if pieces else "''"
+                parts += [_literal(',"attributes":{'), inner, _literal("}")]
+            if tags:
+                key = _literal(',"tags":')
+                parts.append(f"{key} || to_json(c{len(kinds) + 1})")
+            parts.append(_literal("},"))
+            entry = f"concat({', '.join(parts)})"
+        sql = f"SELECT {entry} AS entry, hash(c0) AS h FROM chunk"
         if len(self._sql) >= _SQL_CACHE_MAX:
             self._sql.clear()
         self._sql[shape] = sql
@@ -556,25 +732,33 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def _timestamp_sql(column: str, nanos: bool) -> str:
+    """The library's UTC text: seconds, then micro- (nano)seconds only when non-zero."""
+    if nanos:
+        return (
+            f"CASE WHEN epoch_ns({column}) % 1000000000 = 0 "
+            f"THEN strftime({column}, '%Y-%m-%dT%H:%M:%SZ') "
+            f"WHEN epoch_ns({column}) % 1000 = 0 "
+            f"THEN strftime({column}, '%Y-%m-%dT%H:%M:%S.%fZ') "
+            f"ELSE strftime({column}, '%Y-%m-%dT%H:%M:%S.%nZ') END"
+        )
+    return (
+        f"CASE WHEN epoch_us({column}) % 1000000 = 0 "
+        f"THEN strftime({column}, '%Y-%m-%dT%H:%M:%SZ') "
+        f"ELSE strftime({column}, '%Y-%m-%dT%H:%M:%S.%fZ') END"
+    )
+
+
 def _value_sql(column: str, kind: str, nanos: bool) -> str:
     if kind in (_INT, _UINT64):
         return f"{column}::VARCHAR"
     if kind == _TS:
-        # The library's UTC text: seconds, then microseconds (nanoseconds) only when non-zero.
-        if nanos:
-            return (
-                f"CASE WHEN epoch_ns({column}) % 1000000000 = 0 "
-                f"THEN strftime({column}, '\"%Y-%m-%dT%H:%M:%SZ\"') "
-                f"WHEN epoch_ns({column}) % 1000 = 0 "
-                f"THEN strftime({column}, '\"%Y-%m-%dT%H:%M:%S.%fZ\"') "
-                f"ELSE strftime({column}, '\"%Y-%m-%dT%H:%M:%S.%nZ\"') END"
-            )
-        return (
-            f"CASE WHEN epoch_us({column}) % 1000000 = 0 "
-            f"THEN strftime({column}, '\"%Y-%m-%dT%H:%M:%SZ\"') "
-            f"ELSE strftime({column}, '\"%Y-%m-%dT%H:%M:%S.%fZ\"') END"
-        )
+        return f"'\"' || {_timestamp_sql(column, nanos)} || '\"'"
     return f"to_json({column})"
+
+
+def _struct_value_sql(column: str, kind: str, nanos: bool) -> str:
+    return _timestamp_sql(column, nanos) if kind == _TS else column
 
 
 def _any(pc: Any, mask: Any) -> bool:
@@ -623,25 +807,41 @@ def _tag_rows(pc: Any, tags: Any) -> Any:
 
 def _timestamp_out_of_range(pa: Any, pc: Any, column: Any, unit: str) -> Any:
     """A mask of the timestamps outside years 1 to 9999; None when there are none."""
+    if unit == "ns":
+        return None  # 64-bit nanoseconds reach only years 1677 to 2262
     per = _PER_SECOND[unit]
+    low, high = _TS_MIN_S * per, _TS_MAX_S * per
     raw = column.cast(pa.int64())
-    bad = pc.or_(pc.less(raw, _TS_MIN_S * per), pc.greater_equal(raw, _TS_MAX_S * per))
-    return bad if _any(pc, bad) else None
+    extremes = pc.min_max(raw).as_py()
+    if extremes["min"] is None or (extremes["min"] >= low and extremes["max"] < high):
+        return None
+    return pc.or_(pc.less(raw, low), pc.greater_equal(raw, high))
 
 
-def _body(pa: Any, pc: Any, column: Any) -> bytes:
-    """The JSON array of the entries: the rows' text (each ends with a comma) in one copy."""
-    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    type_ = array.type
-    if not (pa.types.is_string(type_) or pa.types.is_large_string(type_)):
-        array = array.cast(pa.large_string())
-        type_ = array.type
-    _, offsets, data = array.buffers()
-    view = memoryview(offsets).cast("q" if pa.types.is_large_string(type_) else "i")
-    begin = view[array.offset]
-    end = view[array.offset + len(array)]
-    # The last entry's comma becomes the closing bracket.
-    return b"".join((b"[", memoryview(data)[begin : end - 1], b"]"))
+class _Text:
+    """A string column's buffers, to cut the JSON of consecutive rows out in one copy."""
+
+    __slots__ = ("_data", "_keep", "_offsets")
+
+    def __init__(self, array: Any, offsets: memoryview, data: memoryview) -> None:
+        self._keep = array  # the buffers live as long as the array
+        self._offsets = offsets
+        self._data = data
+
+    @classmethod
+    def of(cls, pa: Any, column: Any) -> _Text:
+        array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+            array = array.cast(pa.large_string())
+        _, offsets, data = array.buffers()
+        view = memoryview(offsets).cast("q" if pa.types.is_large_string(array.type) else "i")
+        return cls(array, view[array.offset : array.offset + len(array) + 1], memoryview(data))
+
+    def body(self, begin: int, end: int) -> bytes:
+        """The JSON array of rows ``begin`` to ``end``; each row's text ends with a comma."""
+        offsets = self._offsets
+        # The last entry's comma becomes the closing bracket.
+        return b"".join((b"[", self._data[offsets[begin] : offsets[end] - 1], b"]"))
 
 
 def iter_columnar(
@@ -656,8 +856,13 @@ def iter_columnar(
     """
     stream = _Stream(source, intake, first or intake, size, start)
     try:
-        while (chunk := stream.next_chunk()) is not None:
-            yield chunk
+        while True:
+            chunks, error = stream.next_step()
+            yield from chunks
+            if error is not None:
+                raise error
+            if not chunks:
+                return
     finally:
         stream.close()
 
@@ -665,7 +870,7 @@ def iter_columnar(
 def aiter_columnar(
     source: object, intake: Intake, *, size: int, start: int = 0, first: Intake | None = None
 ) -> AsyncIterator[Chunk]:
-    """The chunks of a columnar source, each prepared in a worker thread while the last is sent.
+    """The chunks of a columnar source, prepared in a worker thread while earlier ones are sent.
 
     Raises:
         ModuleNotFoundError: at once, if pyarrow or duckdb is missing.
@@ -680,14 +885,18 @@ async def _pump(stream: _Stream) -> AsyncIterator[Chunk]:
     # Arrow stream are only ever used by one thread at a time, and close() runs after the last.
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-audience-columnar")
     try:
-        step = worker.submit(stream.next_chunk)
+        step = worker.submit(stream.next_step)
         while True:
-            chunk = await asyncio.wrap_future(step)
-            if chunk is None:
+            chunks, error = await asyncio.wrap_future(step)
+            if error is None and chunks:
+                # Prepare the next chunks while these are sent.
+                step = worker.submit(stream.next_step)
+            for chunk in chunks:
+                yield chunk
+            if error is not None:
+                raise error
+            if not chunks:
                 return
-            # Prepare the next chunk while this one is sent.
-            step = worker.submit(stream.next_chunk)
-            yield chunk
     finally:
         # Queued behind a step still running (a consumer that stopped early), never beside it.
         worker.submit(stream.close)
