@@ -30,6 +30,7 @@ a columnar source is given, and their absence raises an error naming the install
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import importlib
 from collections.abc import AsyncIterator, Iterator
@@ -89,6 +90,7 @@ _SQL_CACHE_MAX: Final = 64
 # into pyarrow or DuckDB hands the GIL back and forth with the event loop, so few large
 # steps keep the loop's waits short and the worker's too.
 _STEP_ROWS: Final = 50_000
+_AHEAD: Final = 2  # steps prepared ahead of the one being sent (each ~10 MB of JSON at most)
 
 
 def is_columnar(source: object) -> bool:
@@ -549,14 +551,10 @@ class _Stream:
         collision only reports an overlap that is not there: a chunk then waits, never more.
         """
         pa, pc = self._pa, self._pc
-        # Each row's chunk number, vectorised: the parent index of a list per chunk.
-        offsets = pa.array([*range(0, rows, self._size), rows], pa.int32())
-        per_chunk = pa.ListArray.from_arrays(offsets, pa.nulls(rows))
-        numbers = pc.add(pc.list_parent_indices(per_chunk).cast(pa.int64()), self._index)
         hashes = hashes.combine_chunks()
         previous = self._recent
-        self._recent = (hashes, numbers)
-        known_from = self._index if previous is None else int(previous[1][0].as_py())
+        self._recent = (hashes, self._index)
+        known_from = self._index if previous is None else previous[1]
         # The common case, no ID twice in the window, costs two hash passes; the join runs
         # only when some hash repeats.
         repeats = len(pc.unique(hashes)) != len(hashes)
@@ -564,10 +562,11 @@ class _Stream:
             repeats = bool(pc.any(pc.is_in(hashes, value_set=previous[0])).as_py())
         if not repeats:
             return {}, known_from
-        current = pa.table({"h": hashes, "n": numbers})
+        current = pa.table({"h": hashes, "n": self._chunk_numbers(self._index, rows)})
         window = current
         if previous is not None:
-            window = pa.concat_tables([pa.table({"h": previous[0], "n": previous[1]}), current])
+            earlier = self._chunk_numbers(previous[1], len(previous[0]))
+            window = pa.concat_tables([pa.table({"h": previous[0], "n": earlier}), current])
         con = self._con
         con.register("cur", current)
         con.register("win", window)
@@ -582,6 +581,13 @@ class _Stream:
         for later, earlier in pairs:
             found.setdefault(later, set()).add(earlier)
         return {n: frozenset(e) for n, e in found.items()}, known_from
+
+    def _chunk_numbers(self, first: int, rows: int) -> Any:
+        """Each row's chunk number, vectorised: the parent index of one list per chunk."""
+        pa, pc = self._pa, self._pc
+        offsets = pa.array([*range(0, rows, self._size), rows], pa.int32())
+        per_chunk = pa.ListArray.from_arrays(offsets, pa.nulls(rows))
+        return pc.add(pc.list_parent_indices(per_chunk).cast(pa.int64()), first)
 
     def _attribute(self, attribute: _Attribute, column: Any) -> tuple[Any, list[Any]]:
         """The column ready for DuckDB and the rows that may break a rule (Arrow index arrays)."""
@@ -884,13 +890,13 @@ async def _pump(stream: _Stream) -> AsyncIterator[Chunk]:
     # One worker thread per upload: steps never overlap, so the DuckDB connection and the
     # Arrow stream are only ever used by one thread at a time, and close() runs after the last.
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-audience-columnar")
+    # Steps queued ahead: the worker keeps reading and encoding while the loop sends.
+    steps = collections.deque([worker.submit(stream.next_step) for _ in range(_AHEAD)])
     try:
-        step = worker.submit(stream.next_step)
         while True:
-            chunks, error = await asyncio.wrap_future(step)
+            chunks, error = await asyncio.wrap_future(steps.popleft())
             if error is None and chunks:
-                # Prepare the next chunks while these are sent.
-                step = worker.submit(stream.next_step)
+                steps.append(worker.submit(stream.next_step))
             for chunk in chunks:
                 yield chunk
             if error is not None:
@@ -898,6 +904,8 @@ async def _pump(stream: _Stream) -> AsyncIterator[Chunk]:
             if not chunks:
                 return
     finally:
+        for step in steps:
+            step.cancel()  # only those not started yet: a running step finishes first
         # Queued behind a step still running (a consumer that stopped early), never beside it.
         worker.submit(stream.close)
         worker.shutdown(wait=False)
