@@ -214,7 +214,8 @@ def _kind_of(pa: Any, type_: Any) -> str | None:
         value = type_.value_type
         if t.is_dictionary(value):
             value = value.value_type
-        return _ARRAY if _is_text(pa, value) else None
+        # list<null>: only empty lists and null items, which the rules then judge per row.
+        return _ARRAY if _is_text(pa, value) or t.is_null(value) else None
     if t.is_null(type_):
         return _NULL
     return None
@@ -473,7 +474,8 @@ class _Stream:
         error: ValidationError | None = None
         found = [s for s in suspects if s is not None and len(s)]
         if found:
-            error = self._check_rows(batch, pc.unique(pa.concat_arrays(found)), out_of_range)
+            rows_found = pa.concat_arrays([s.cast(pa.int64()) for s in found])
+            error = self._check_rows(batch, pc.unique(rows_found), out_of_range)
         size = self._size
         # Only whole chunks before the one holding the bad row are encoded and sent.
         good = rows
@@ -603,14 +605,12 @@ class _Stream:
                 found.append(_mask_rows(pc, pc.greater(pc.utf8_length(column), MAX_STRING_LENGTH)))
         elif kind == _DATE_TEXT:
             form = pc.match_substring_regex(column, _DATE_FORM)
-            day = pc.strptime(
-                pc.utf8_slice_codeunits(column, 0, 10),
-                format="%Y-%m-%d",
-                unit="s",
-                error_is_null=True,
-            )
+            # strptime rolls 02-30 over to 03-02: a real day prints back as itself.
+            day_text = pc.utf8_slice_codeunits(column, 0, 10)
+            day = pc.strptime(day_text, format="%Y-%m-%d", unit="s", error_is_null=True)
+            real_day = pc.equal(pc.strftime(day, format="%Y-%m-%d"), day_text)
             fine = pc.and_kleene(
-                pc.and_kleene(form, pc.is_valid(day)),
+                pc.and_kleene(form, real_day),
                 pc.invert(pc.starts_with(column, "0000")),
             )
             found.append(_mask_rows(pc, pc.and_(pc.is_valid(column), pc.invert(fine))))
