@@ -458,9 +458,7 @@ class _Stream:
                 if bad is not None:
                     out_of_range[attribute.index] = bad
                     suspects.append(_mask_rows(pc, bad))
-                # Out-of-range values may wrap here: their rows raise before being encoded.
-                unit = "ns" if attribute.unit == "ns" else "us"
-                column = column.cast(pa.timestamp(unit), safe=False)
+                column = _timestamp_text(pa, pc, column, attribute.unit, bad)
             columns.append(column)
             kinds.append((attribute.kind, attribute.wire, attribute.unit == "ns"))
         has_tags = False
@@ -738,33 +736,15 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _timestamp_sql(column: str, nanos: bool) -> str:
-    """The library's UTC text: seconds, then micro- (nano)seconds only when non-zero."""
-    if nanos:
-        return (
-            f"CASE WHEN epoch_ns({column}) % 1000000000 = 0 "
-            f"THEN strftime({column}, '%Y-%m-%dT%H:%M:%SZ') "
-            f"WHEN epoch_ns({column}) % 1000 = 0 "
-            f"THEN strftime({column}, '%Y-%m-%dT%H:%M:%S.%fZ') "
-            f"ELSE strftime({column}, '%Y-%m-%dT%H:%M:%S.%nZ') END"
-        )
-    return (
-        f"CASE WHEN epoch_us({column}) % 1000000 = 0 "
-        f"THEN strftime({column}, '%Y-%m-%dT%H:%M:%SZ') "
-        f"ELSE strftime({column}, '%Y-%m-%dT%H:%M:%S.%fZ') END"
-    )
-
-
 def _value_sql(column: str, kind: str, nanos: bool) -> str:
     if kind in (_INT, _UINT64):
         return f"{column}::VARCHAR"
-    if kind == _TS:
-        return f"'\"' || {_timestamp_sql(column, nanos)} || '\"'"
+    # Timestamps arrive as their text already (see _timestamp_text).
     return f"to_json({column})"
 
 
 def _struct_value_sql(column: str, kind: str, nanos: bool) -> str:
-    return _timestamp_sql(column, nanos) if kind == _TS else column
+    return column
 
 
 def _any(pc: Any, mask: Any) -> bool:
@@ -822,6 +802,35 @@ def _timestamp_out_of_range(pa: Any, pc: Any, column: Any, unit: str) -> Any:
     if extremes["min"] is None or (extremes["min"] >= low and extremes["max"] < high):
         return None
     return pc.or_(pc.less(raw, low), pc.greater_equal(raw, high))
+
+
+def _timestamp_text(pa: Any, pc: Any, column: Any, unit: str, out_of_range: Any) -> Any:
+    """The library's UTC text of each timestamp: seconds, then fractions only when non-zero.
+
+    As ``_validate._utc_text`` writes a datetime: ``2024-01-02T10:00:00Z``, or six digits of
+    microseconds when there are some (nine for nanoseconds below a microsecond). Arrow's cast
+    to string is ~4x cheaper than strftime in DuckDB or Arrow.
+    """
+    if out_of_range is not None:
+        # Those rows raise before they are encoded: do not ask Arrow to print them.
+        column = pc.if_else(out_of_range, pa.scalar(None, column.type), column)
+    utc = column.cast(pa.timestamp(unit))  # the same instants, without the zone's name
+    text = utc.cast(pa.timestamp("s"), safe=False).cast(pa.string())
+    if unit != "s":
+        raw = utc.cast(pa.int64())
+        per = _PER_SECOND[unit]
+        whole = pc.equal(pc.multiply(pc.divide(raw, per), per), raw)
+        if not bool(pc.all(whole).as_py()):
+            fine_unit = "ns" if unit == "ns" else "us"
+            fine = utc.cast(pa.timestamp(fine_unit)).cast(pa.string())
+            if unit == "ns":
+                micros = pc.equal(pc.multiply(pc.divide(raw, 1_000), 1_000), raw)
+                fine = pc.if_else(
+                    micros, utc.cast(pa.timestamp("us"), safe=False).cast(pa.string()), fine
+                )
+            text = pc.if_else(whole, text, fine)
+    text = pc.replace_substring(text, " ", "T", max_replacements=1)
+    return pc.binary_join_element_wise(text, "Z", "")
 
 
 class _Text:
