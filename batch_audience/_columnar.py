@@ -33,7 +33,8 @@ import asyncio
 import collections
 import contextlib
 import importlib
-from collections.abc import AsyncIterator, Iterator
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, cast
 
@@ -42,6 +43,7 @@ import attrs
 from ._chunker import Chunk
 from ._exceptions import ValidationError
 from ._intake import Intake
+from ._sources import Interrupted, RecordReader, SourceError
 from ._validate import (
     _DATE,
     _INT_MAX,
@@ -49,6 +51,7 @@ from ._validate import (
     _URL,
     MAX_ARRAY_ITEMS,
     MAX_ATTRIBUTES,
+    MAX_ENTRIES,
     MAX_STRING_LENGTH,
     MAX_TAG_LENGTH,
     MAX_URL_LENGTH,
@@ -57,7 +60,15 @@ from ._validate import (
     _show,
 )
 
-__all__ = ["INSTALL_COMMAND", "ArrowIds", "aiter_columnar", "is_columnar", "iter_columnar"]
+__all__ = [
+    "INSTALL_COMMAND",
+    "ArrowIds",
+    "ParquetRecords",
+    "aiter_columnar",
+    "check_parquet",
+    "is_columnar",
+    "iter_columnar",
+]
 
 INSTALL_COMMAND: Final = "pip install 'batch-audience[data]'"
 
@@ -918,3 +929,113 @@ async def _pump(stream: _Stream) -> AsyncIterator[Chunk]:
         # Queued behind a step still running (a consumer that stopped early), never beside it.
         worker.submit(stream.close)
         worker.shutdown(wait=False)
+
+
+# -- Parquet files, for the command line -------------------------------------------------------
+
+PARQUET_BATCH_ROWS: Final = 65_536  # rows per batch read from a Parquet file
+
+
+class ParquetRecords(RecordReader):
+    """The rows of a Parquet file as a columnar source (``upload FILE.parquet``).
+
+    Uploads read it through ``__arrow_c_stream__``, batch by batch, after the first ``skip``
+    rows (a resumed upload). With ``ids_only`` (``--mode remove``) only the ``id`` column is
+    read, so the file that filled an audience also empties it. ``line`` stays 0: a Parquet
+    file has rows, not lines, and errors name the row (``users.parquet:25001: record 25001``).
+    Iterating it gives the rows as record mappings, for callers that want records.
+    """
+
+    def __init__(self, path: str, *, skip: int = 0, ids_only: bool = False) -> None:
+        pa, _, _ = _modules()
+        parquet = importlib.import_module("pyarrow.parquet")
+        super().__init__((), name=path, skip=skip, ids_only=ids_only)
+        try:
+            self._file: Any = parquet.ParquetFile(path)
+        except pa.ArrowException as exc:
+            raise SourceError(f"cannot read it as Parquet: {exc}", source=path, line=0) from None
+        self._closer = self._file.close
+        self.rows: int = self._file.metadata.num_rows
+
+    def _batches(self) -> Iterator[Any]:
+        if self._started:
+            raise RuntimeError(f"{self.name}: a Parquet source can be read only once")
+        self._started = True
+        columns = ["id"] if self.ids_only and "id" in self._file.schema_arrow.names else None
+        left = self.skip
+        for batch in self._file.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+            if left >= batch.num_rows:
+                left -= batch.num_rows
+                continue
+            yield batch.slice(left) if left else batch
+            left = 0
+
+    def _schema(self) -> Any:
+        schema = self._file.schema_arrow
+        if self.ids_only and "id" in schema.names:
+            return self._pa().schema([schema.field("id")])
+        return schema
+
+    @staticmethod
+    def _pa() -> Any:
+        return _modules()[0]
+
+    def __arrow_c_stream__(self, requested_schema: object = None) -> object:
+        """The rows after ``skip`` as an Arrow C stream (read lazily, batch by batch)."""
+        reader = self._pa().RecordBatchReader.from_batches(self._schema(), self._batches())
+        return reader.__arrow_c_stream__(requested_schema)
+
+    def skip_now(self, stop: threading.Event | None = None) -> None:
+        """Nothing to do now: the stream passes the skipped rows by whole batches as it reads."""
+
+    def __iter__(self) -> Iterator[object]:
+        names = [n for n in self._schema().names if n not in ("id", "tags")]
+        self.count = self.skip
+        for batch in self._batches():
+            for row in batch.to_pylist():
+                record: dict[str, Any] = {"id": row["id"]}
+                if names:
+                    record["attributes"] = {n: row[n] for n in names if row[n] is not None}
+                if "tags" in row:
+                    record["tags"] = row["tags"]
+                self.count += 1
+                yield record
+
+
+def check_parquet(
+    path: str,
+    encoder: EntryEncoder,
+    *,
+    skip: int = 0,
+    ids_only: bool = False,
+    tick: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Check a Parquet file as its upload will read it; return its row count (``skip`` included).
+
+    The very chunks the upload sends are built and dropped, so a file that passes is one the
+    upload sends whole.
+
+    Raises:
+        SourceError: the schema, or the first bad row (named by its row number).
+        OSError: the file cannot be opened.
+        Interrupted: ``stop`` was set.
+    """
+    operation = encoder.operation
+    intake = Intake(encoder.generation, "add" if operation == "replace" else operation)
+    first = Intake(encoder.generation, "replace") if operation == "replace" else None
+    with ParquetRecords(path, skip=skip, ids_only=ids_only) as records:
+        position = skip
+        try:
+            for chunk in iter_columnar(records, intake, size=MAX_ENTRIES, start=skip, first=first):
+                position = chunk.end
+                if stop is not None and stop.is_set():
+                    raise Interrupted
+                if tick is not None:
+                    tick(position)
+        except ValidationError as exc:
+            if isinstance(exc, SourceError):
+                raise
+            line = 0 if exc.position is None else exc.position + 1
+            raise SourceError.wrap(exc, source=path, line=line) from None
+        return position
