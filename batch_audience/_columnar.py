@@ -33,6 +33,7 @@ import asyncio
 import collections
 import contextlib
 import importlib
+import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -339,6 +340,67 @@ def _plan(pa: Any, schema: Any, encoders: tuple[EntryEncoder, ...]) -> _Plan:
     return _Plan(id_index, tags_index, tuple(attributes))
 
 
+_END: Final = object()
+
+
+class _Prefetch:
+    """Reads the next batches in a thread of its own while the worker encodes the last ones.
+
+    Decoding a Parquet batch (or running a DuckDB query) and encoding the previous one then
+    overlap. Only this thread touches the stream once it started; it closes the stream when
+    it stops. At most ``depth`` batches wait, so memory stays bounded.
+    """
+
+    def __init__(self, reader: Any, depth: int = 2) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._ended = False
+        self._thread = threading.Thread(
+            target=self._run, args=(reader,), name="batch-audience-columnar-read", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, reader: Any) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    self._put(_END)
+                    return
+                self._put(batch)
+        except BaseException as exc:  # handed to the reader of the queue, raised there
+            self._put(exc)
+        finally:
+            with contextlib.suppress(Exception):
+                reader.close()
+
+    def _put(self, item: object) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read_next_batch(self) -> Any:
+        """The next batch; StopIteration at the end; the stream's own error if it failed."""
+        if self._ended:
+            raise StopIteration
+        item = self._queue.get()
+        if item is _END:
+            self._ended = True
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._ended = True
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop reading; the thread closes the stream after the read in progress, if any."""
+        self._stop.set()
+
+
 class _Stream:
     """Reads an Arrow stream chunk by chunk; each call to ``next_chunk`` is one blocking step."""
 
@@ -389,6 +451,8 @@ class _Stream:
         self._reader = reader
         self._plan = _plan(pa, reader.schema, self._encoders)
         self._con = self._duckdb.connect(":memory:", config={"threads": 1})
+        # From here on only the prefetch thread touches the stream.
+        self._reader = _Prefetch(reader)
 
     def next_step(self) -> tuple[list[Chunk], ValidationError | None]:
         """Read, check and encode the next few chunks; no chunks and no error at the end.

@@ -723,3 +723,32 @@ def test_zones_are_converted_to_utc() -> None:
     )
     (chunk,) = list(iter_columnar(table, Intake("2", "add"), size=10))
     assert chunk.entries()[0]["attributes"] == {"date(t)": "2023-06-01T10:00:00Z"}
+
+
+def test_a_stream_that_fails_mid_way_raises_its_error() -> None:
+    """An error of the source after some batches reaches the caller, after the chunks before."""
+    schema = pa.schema([("id", pa.string())])
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        yield pa.record_batch({"id": [f"u-{i}" for i in range(10)]}, schema=schema)
+        raise OSError("the disk went away")
+
+    reader = pa.RecordBatchReader.from_batches(schema, batches())
+    chunks = iter_columnar(reader, Intake("2", "add"), size=10)
+    assert next(chunks).count == 10
+    with pytest.raises(OSError, match="the disk went away"):
+        next(chunks)
+
+
+def test_the_reading_thread_stops_with_the_stream() -> None:
+    """Leaving a stream early stops its prefetching thread (no thread outlives the upload)."""
+    table = pa.table({"id": [f"u-{i}" for i in range(3 * _columnar._STEP_ROWS)]})
+    before = {t.name for t in threading.enumerate()}
+    chunks = iter_columnar(table.to_reader(max_chunksize=1_000), Intake("2", "add"), size=10_000)
+    next(chunks)
+    chunks.close()  # type: ignore[attr-defined]
+    for _ in range(200):
+        if not any(t.name == "batch-audience-columnar-read" for t in threading.enumerate()):
+            break
+        threading.Event().wait(0.05)
+    assert "batch-audience-columnar-read" not in {t.name for t in threading.enumerate()} - before
