@@ -340,6 +340,60 @@ def _plan(pa: Any, schema: Any, encoders: tuple[EntryEncoder, ...]) -> _Plan:
     return _Plan(id_index, tags_index, tuple(attributes))
 
 
+@attrs.frozen
+class _Job:
+    """Rows to encode: the Arrow table, the SQL for them, and where each chunk starts and ends."""
+
+    table: Any
+    sql: str
+    first_sql: str | None  # for a replace's first chunk (no action); None: ``sql`` for all
+    bounds: list[tuple[int, int]]  # rows [begin, end) of each chunk in ``table``
+
+
+@attrs.frozen
+class _Step:
+    """One step of the reading worker: its chunks' places and IDs, their job, the first error."""
+
+    places: list[tuple[int, int, int, ArrowIds]]  # index, start, count, IDs of each chunk
+    job: _Job | None
+    error: ValidationError | None
+
+
+class _Encoder:
+    """Encodes jobs to chunk bodies with a DuckDB connection of its own (one thread at a time)."""
+
+    def __init__(self, pa: Any, duckdb: Any) -> None:
+        self._pa = pa
+        self._duckdb = duckdb
+        self._con: Any = None
+
+    def bodies(self, job: _Job) -> list[bytes]:
+        """The JSON array of each chunk of ``job``."""
+        if self._con is None:
+            self._con = self._duckdb.connect(":memory:", config={"threads": 1})
+        con = self._con
+        con.register("chunk", job.table)
+        try:
+            later = _Text.of(self._pa, con.sql(job.sql).to_arrow_table().column(0))
+            first = later
+            if job.first_sql is not None:
+                rows = job.bounds[0][1]
+                result = con.sql(f"{job.first_sql} LIMIT {rows}").to_arrow_table()
+                first = _Text.of(self._pa, result.column(0))
+        finally:
+            con.unregister("chunk")
+        return [
+            (first if number == 0 else later).body(begin, end)
+            for number, (begin, end) in enumerate(job.bounds)
+        ]
+
+    def close(self) -> None:
+        """Close the connection; safe to call more than once."""
+        con, self._con = self._con, None
+        if con is not None:
+            con.close()
+
+
 _END: Final = object()
 
 
@@ -454,28 +508,28 @@ class _Stream:
         # From here on only the prefetch thread touches the stream.
         self._reader = _Prefetch(reader)
 
-    def next_step(self) -> tuple[list[Chunk], ValidationError | None]:
-        """Read, check and encode the next few chunks; no chunks and no error at the end.
+    def next_step(self) -> _Step:
+        """Read and check the next few chunks; an empty step at the end of the stream.
 
         When a row breaks a rule, the chunks before the one holding it come back with the
         error, and the stream is closed: nothing from that chunk on is ever encoded.
         """
         if self._done:
-            return [], None
+            return _Step([], None, None)
         try:
             if self._reader is None:
                 self._open()
             batch = self._take()
             if batch is None:
                 self.close()
-                return [], None
-            chunks, error = self._step(batch)
+                return _Step([], None, None)
+            step = self._step(batch)
         except BaseException:
             self.close()
             raise
-        if error is not None:
+        if step.error is not None:
             self.close()
-        return chunks, error
+        return step
 
     def _take(self) -> Any:
         """The next rows, a whole number of chunks (fewer at the end), as one record batch.
@@ -513,7 +567,7 @@ class _Stream:
             return slices[0]
         return self._pa.Table.from_batches(slices).combine_chunks().to_batches()[0]
 
-    def _step(self, batch: Any) -> tuple[list[Chunk], ValidationError | None]:
+    def _step(self, batch: Any) -> _Step:
         pa, pc = self._pa, self._pc
         plan = self._plan
         assert plan is not None
@@ -555,69 +609,43 @@ class _Stream:
         if error is not None:
             assert error.position is not None
             good = (error.position - self._position) // size * size
-        chunks: list[Chunk] = []
+        places: list[tuple[int, int, int, ArrowIds]] = []
+        job: _Job | None = None
         if good:
             table = pa.Table.from_arrays(
                 [c.slice(0, good) for c in columns], names=[f"c{i}" for i in range(len(columns))]
             )
             dense = not any(column.null_count for column in columns[1:])
-            entries, hashes = self._encode(
-                table, tuple(kinds), has_tags, bool(plan.attributes), dense, good
-            )
-            overlaps, known_from = self._overlaps(hashes, good)
-            for begin in range(0, good, size):
-                count = min(size, good - begin)
-                encoded = entries[1] if self._index == 0 else entries[0]
+            shape = (tuple(kinds), has_tags, bool(plan.attributes), dense)
+            first_sql = None
+            if self._index == 0 and self._encoders[0].operation != self._encoders[1].operation:
+                # A chunked replace: its first chunk carries no action.
+                first_sql = self._query(self._encoders[0], *shape)
+            bounds = [(b, min(b + size, good)) for b in range(0, good, size)]
+            job = _Job(table, self._query(self._encoders[1], *shape), first_sql, bounds)
+            overlaps, known_from = self._overlaps(self._hashes(ids.slice(0, good)), good)
+            for begin, end in bounds:
                 ids_of_chunk = ArrowIds(
-                    ids.slice(begin, count),
+                    ids.slice(begin, end - begin),
                     pc,
                     origin=self,
                     index=self._index,
                     known_from=known_from,
                     overlaps=overlaps.get(self._index, frozenset()),
                 )
-                chunks.append(
-                    Chunk(
-                        self._index,
-                        self._position,
-                        count,
-                        encoded.body(begin, begin + count),
-                        cast(Any, ids_of_chunk),
-                    )
-                )
+                places.append((self._index, self._position, end - begin, ids_of_chunk))
                 self._index += 1
-                self._position += count
-        return chunks, error
+                self._position += end - begin
+        return _Step(places, job, error)
 
-    def _encode(
-        self,
-        table: Any,
-        kinds: tuple[tuple[str, str, bool], ...],
-        tags: bool,
-        attributes: bool,
-        dense: bool,
-        rows: int,
-    ) -> tuple[tuple[_Text, _Text], Any]:
-        """The entries' JSON per row (for later chunks, for the first chunk) and ID hashes."""
+    def _hashes(self, ids: Any) -> Any:
+        """A 64-bit hash of each ID (DuckDB's), for the overlaps between chunks."""
         con = self._con
-        con.register("chunk", table)
+        con.register("ids", self._pa.table({"c0": ids}))
         try:
-            sql = self._query(self._encoders[1], kinds, tags, attributes, dense)
-            result = con.sql(sql).to_arrow_table()
-            later = _Text.of(self._pa, result.column(0))
-            hashes = result.column(1)
-            if self._index == 0 and self._encoders[0].operation != self._encoders[1].operation:
-                # A chunked replace: its first chunk carries no action.
-                sql = self._query(self._encoders[0], kinds, tags, attributes, dense)
-                limit = min(rows, self._size)
-                first = _Text.of(
-                    self._pa, con.sql(f"{sql} LIMIT {limit}").to_arrow_table().column(0)
-                )
-            else:
-                first = later
+            return con.sql("SELECT hash(c0) FROM ids").to_arrow_table().column(0)
         finally:
-            con.unregister("chunk")
-        return (later, first), hashes
+            con.unregister("ids")
 
     def _overlaps(self, hashes: Any, rows: int) -> tuple[dict[int, frozenset[int]], int]:
         """Which earlier chunks of this step and the last share an ID hash with each new chunk.
@@ -800,7 +828,7 @@ class _Stream:
                 parts.append(f"{key} || to_json(c{len(kinds) + 1})")
             parts.append(_literal("},"))
             entry = f"concat({', '.join(parts)})"
-        sql = f"SELECT {entry} AS entry, hash(c0) AS h FROM chunk"
+        sql = f"SELECT {entry} AS entry FROM chunk"
         if len(self._sql) >= _SQL_CACHE_MAX:
             self._sql.clear()
         self._sql[shape] = sql
@@ -945,54 +973,71 @@ def iter_columnar(
             its position and ID, instead of the chunk holding it.
     """
     stream = _Stream(source, intake, first or intake, size, start)
+    encoder = _Encoder(stream._pa, stream._duckdb)
     try:
         while True:
-            chunks, error = stream.next_step()
-            yield from chunks
-            if error is not None:
-                raise error
-            if not chunks:
+            step = stream.next_step()
+            bodies = encoder.bodies(step.job) if step.job is not None else []
+            yield from _chunks(step, bodies)
+            if step.error is not None:
+                raise step.error
+            if not step.places:
                 return
     finally:
         stream.close()
+        encoder.close()
+
+
+def _chunks(step: _Step, bodies: list[bytes]) -> list[Chunk]:
+    return [
+        Chunk(index, start, count, body, cast(Any, ids))
+        for (index, start, count, ids), body in zip(step.places, bodies, strict=True)
+    ]
 
 
 def aiter_columnar(
     source: object, intake: Intake, *, size: int, start: int = 0, first: Intake | None = None
 ) -> AsyncIterator[Chunk]:
-    """The chunks of a columnar source, prepared in a worker thread while earlier ones are sent.
+    """The chunks of a columnar source, prepared in worker threads while earlier ones are sent.
 
     Raises:
         ModuleNotFoundError: at once, if pyarrow or duckdb is missing.
         ValidationError: as ``iter_columnar``.
     """
     stream = _Stream(source, intake, first or intake, size, start)
-    return _pump(stream)
+    return _pump(stream, _Encoder(stream._pa, stream._duckdb))
 
 
-async def _pump(stream: _Stream) -> AsyncIterator[Chunk]:
-    # One worker thread per upload: steps never overlap, so the DuckDB connection and the
-    # Arrow stream are only ever used by one thread at a time, and close() runs after the last.
-    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-audience-columnar")
-    # Steps queued ahead: the worker keeps reading and encoding while the loop sends.
-    steps = collections.deque([worker.submit(stream.next_step) for _ in range(_AHEAD)])
+async def _pump(stream: _Stream, encoder: _Encoder) -> AsyncIterator[Chunk]:
+    # Two worker threads per upload, each owning its DuckDB connection: one reads and checks
+    # steps, one encodes them, so the two halves of the work overlap. Each worker runs its
+    # tasks one at a time, in order, and closes what it owns after its last task.
+    reading = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-audience-columnar")
+    encoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-audience-encode")
+    # Steps queued ahead: the workers keep reading and encoding while the loop sends.
+    steps = collections.deque([reading.submit(stream.next_step) for _ in range(_AHEAD)])
     try:
         while True:
-            chunks, error = await asyncio.wrap_future(steps.popleft())
-            if error is None and chunks:
-                steps.append(worker.submit(stream.next_step))
-            for chunk in chunks:
+            step = await asyncio.wrap_future(steps.popleft())
+            if step.error is None and step.places:
+                steps.append(reading.submit(stream.next_step))
+            bodies: list[bytes] = []
+            if step.job is not None:
+                bodies = await asyncio.wrap_future(encoding.submit(encoder.bodies, step.job))
+            for chunk in _chunks(step, bodies):
                 yield chunk
-            if error is not None:
-                raise error
-            if not chunks:
+            if step.error is not None:
+                raise step.error
+            if not step.places:
                 return
     finally:
-        for step in steps:
-            step.cancel()  # only those not started yet: a running step finishes first
-        # Queued behind a step still running (a consumer that stopped early), never beside it.
-        worker.submit(stream.close)
-        worker.shutdown(wait=False)
+        for pending in steps:
+            pending.cancel()  # only those not started yet: a running step finishes first
+        # Queued behind a task still running (a consumer that stopped early), never beside it.
+        reading.submit(stream.close)
+        encoding.submit(encoder.close)
+        reading.shutdown(wait=False)
+        encoding.shutdown(wait=False)
 
 
 # -- Parquet files, for the command line -------------------------------------------------------
