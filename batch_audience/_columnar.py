@@ -102,6 +102,9 @@ _SQL_CACHE_MAX: Final = 64
 # into pyarrow or DuckDB hands the GIL back and forth with the event loop, so few large
 # steps keep the loop's waits short and the worker's too.
 _STEP_ROWS: Final = 50_000
+# Chunks back that a new chunk's overlaps are known for without a comparison on the loop:
+# more than the chunks an upload keeps in flight (4 by default).
+_WINDOW_CHUNKS: Final = 12
 _AHEAD: Final = 2  # steps prepared ahead of the one being sent (each ~10 MB of JSON at most)
 
 
@@ -476,7 +479,7 @@ class _Stream:
         self._done = False
         self._con: Any = None
         self._sql: dict[tuple[object, ...], str] = {}
-        self._recent: Any = None  # the ID hashes and chunk numbers of the last step
+        self._recent: Any = None  # ID hashes and first chunk number of the recent steps
 
     def close(self) -> None:
         """Release the stream and the DuckDB connection; safe to call more than once."""
@@ -648,28 +651,36 @@ class _Stream:
             con.unregister("ids")
 
     def _overlaps(self, hashes: Any, rows: int) -> tuple[dict[int, frozenset[int]], int]:
-        """Which earlier chunks of this step and the last share an ID hash with each new chunk.
+        """Which earlier chunks of this step and the recent ones share an ID hash with each new one.
 
-        Returns the overlaps by chunk number and the first chunk number they cover. A hash
-        collision only reports an overlap that is not there: a chunk then waits, never more.
+        The window holds at least the last ``_WINDOW_CHUNKS`` chunks before this step (steps
+        vary in size). Returns the overlaps by chunk number and the first chunk number they
+        cover. A hash collision only reports an overlap that is not there: a chunk then waits,
+        never more.
         """
         pa, pc = self._pa, self._pc
         hashes = hashes.combine_chunks()
-        previous = self._recent
-        self._recent = (hashes, self._index)
-        known_from = self._index if previous is None else previous[1]
+        recent: list[tuple[Any, int]] = self._recent or []
+        known_from = recent[0][1] if recent else self._index
         # The common case, no ID twice in the window, costs two hash passes; the join runs
         # only when some hash repeats.
         repeats = len(pc.unique(hashes)) != len(hashes)
-        if not repeats and previous is not None:
-            repeats = bool(pc.any(pc.is_in(hashes, value_set=previous[0])).as_py())
+        if not repeats and recent:
+            before = pa.chunked_array([h for h, _ in recent]).combine_chunks()
+            repeats = bool(pc.any(pc.is_in(hashes, value_set=before)).as_py())
+        full = [*recent, (hashes, self._index)]
+        # Kept for the next step: the steps that cover the last _WINDOW_CHUNKS chunks.
+        kept = list(full)
+        chunks_after = self._index + -(-rows // self._size)
+        while len(kept) > 1 and chunks_after - kept[1][1] >= _WINDOW_CHUNKS:
+            kept.pop(0)
+        self._recent = kept
         if not repeats:
             return {}, known_from
-        current = pa.table({"h": hashes, "n": self._chunk_numbers(self._index, rows)})
-        window = current
-        if previous is not None:
-            earlier = self._chunk_numbers(previous[1], len(previous[0]))
-            window = pa.concat_tables([pa.table({"h": previous[0], "n": earlier}), current])
+        window = pa.concat_tables(
+            [pa.table({"h": h, "n": self._chunk_numbers(first, len(h))}) for h, first in full]
+        )
+        current = window.slice(len(window) - rows)
         con = self._con
         con.register("cur", current)
         con.register("win", window)

@@ -752,3 +752,22 @@ def test_the_reading_thread_stops_with_the_stream() -> None:
             break
         threading.Event().wait(0.05)
     assert "batch-audience-columnar-read" not in {t.name for t in threading.enumerate()} - before
+
+
+def test_chunk_ids_over_irregular_batches_match_sets() -> None:
+    """Batches that make steps of uneven sizes: every nearby pair of chunks answers as sets do."""
+    size = 500
+    rows = 3 * _columnar._STEP_ROWS
+    ids = [f"u-{i}" for i in range(rows)]
+    for i in range(0, rows, 4_999):  # an ID repeated ~3 chunks later, every ~10 chunks
+        ids[min(rows - 1, i + 1_600)] = ids[i]
+    table = pa.table({"id": ids})
+    # 6,600-row batches: steps of whole chunks from one batch, then one chunk across two.
+    reader = table.to_reader(max_chunksize=6_600)
+    chunks = list(iter_columnar(reader, Intake("2", "add"), size=size))
+    plain = [set(ids[c.start : c.end]) for c in chunks]
+    for later in range(len(chunks)):
+        for earlier in range(max(0, later - 15), later):
+            expected = plain[later].isdisjoint(plain[earlier])
+            assert chunks[later].ids.isdisjoint(chunks[earlier].ids) == expected
+            assert chunks[earlier].ids.isdisjoint(chunks[later].ids) == expected
