@@ -33,7 +33,9 @@ import asyncio
 import collections
 import contextlib
 import importlib
+import json
 import queue
+import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +100,7 @@ _DATE_FORM: Final = (
 # _validate._PLAIN_URL in RE2 syntax (its \Z is RE2's $ without multi-line).
 _URL_FORM: Final = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][!-~]*)?$"
 _SQL_CACHE_MAX: Final = 64
+_PANDAS_INDEX: Final = re.compile(r"__index_level_[0-9]+__")
 # Rows read, checked and encoded per step in the worker (rounded to whole chunks): each call
 # into pyarrow or DuckDB hands the GIL back and forth with the event loop, so few large
 # steps keep the loop's waits short and the worker's too.
@@ -264,6 +267,23 @@ def _refused_type(name: str, type_: Any, pa: Any) -> ValidationError:
     return ValidationError(f"column {name!r} has type {type_}, which cannot be sent: {hint}")
 
 
+def _pandas_unnamed_index(schema: Any) -> frozenset[str]:
+    """The columns a pandas DataFrame adds for an unnamed index (``__index_level_0__``).
+
+    They are the frame's row labels, not its data: never sent. A named index (``df.set_index
+    ("id")``) is a column like any other, so it can be the ID.
+    """
+    metadata = schema.metadata or {}
+    try:
+        pandas = json.loads(metadata.get(b"pandas", b"{}"))
+        columns = pandas.get("index_columns", [])
+    except (ValueError, AttributeError):
+        return frozenset()
+    return frozenset(
+        c for c in columns if isinstance(c, str) and _PANDAS_INDEX.fullmatch(c) is not None
+    )
+
+
 def _plan(pa: Any, schema: Any, encoders: tuple[EntryEncoder, ...]) -> _Plan:
     """Judge the column names and types once; raise ValidationError for the first problem."""
     names: list[str] = list(schema.names)
@@ -294,8 +314,9 @@ def _plan(pa: Any, schema: Any, encoders: tuple[EntryEncoder, ...]) -> _Plan:
             )
     attributes: list[_Attribute] = []
     wires: dict[str, str] = {}
+    unnamed_index = _pandas_unnamed_index(schema)
     for index, name in enumerate(names):
-        if index in (id_index, tags_index):
+        if index in (id_index, tags_index) or name in unnamed_index:
             continue
         for encoder in encoders:
             if encoder._attributes_refusal is not None:

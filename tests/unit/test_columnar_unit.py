@@ -771,3 +771,26 @@ def test_chunk_ids_over_irregular_batches_match_sets() -> None:
             expected = plain[later].isdisjoint(plain[earlier])
             assert chunks[later].ids.isdisjoint(chunks[earlier].ids) == expected
             assert chunks[earlier].ids.isdisjoint(chunks[later].ids) == expected
+
+
+def test_a_pandas_unnamed_index_is_not_sent() -> None:
+    """A pandas frame's unnamed index (``__index_level_0__``) is row labels, not an attribute.
+
+    The schema is the one pandas >= 2.2 exports for ``DataFrame({...}, index=[10, 11])``; a
+    named index (``set_index("id")``) is a column like any other.
+    """
+    metadata = {b"pandas": orjson.dumps({"index_columns": ["__index_level_0__"], "columns": []})}
+    table = pa.table(
+        {"id": ["a", "b"], "n": [1, 2], "__index_level_0__": [10, 11]}
+    ).replace_schema_metadata(metadata)
+    assert columnar(table)[0][0][2] == [
+        {"action": "add", "id": "a", "attributes": {"n": 1}},
+        {"action": "add", "id": "b", "attributes": {"n": 2}},
+    ]
+    named = pa.table({"n": [1], "id": ["a"]}).replace_schema_metadata(
+        {b"pandas": orjson.dumps({"index_columns": ["id"]})}
+    )
+    assert columnar(named)[0][0][2] == [{"action": "add", "id": "a", "attributes": {"n": 1}}]
+    # Without pandas' metadata, such a name is an ordinary attribute column.
+    plain = pa.table({"id": ["a"], "__index_level_0__": [10]})
+    assert columnar(plain)[0][0][2][0]["attributes"] == {"__index_level_0__": 10}
