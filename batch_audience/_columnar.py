@@ -106,8 +106,9 @@ _PANDAS_INDEX: Final = re.compile(r"__index_level_[0-9]+__")
 # steps keep the loop's waits short and the worker's too.
 _STEP_ROWS: Final = 50_000
 # Chunks back that a new chunk's overlaps are known for without a comparison on the loop:
-# more than the chunks an upload keeps in flight (4 by default).
-_WINDOW_CHUNKS: Final = 12
+# more than the chunks an upload keeps in flight (4 by default). A chunk further back still in
+# flight is compared on the loop, vectorised (correct, only slower).
+_WINDOW_CHUNKS: Final = 6
 _AHEAD: Final = 2  # steps prepared ahead of the one being sent (each ~10 MB of JSON at most)
 
 
@@ -687,8 +688,10 @@ class _Stream:
         # only when some hash repeats.
         repeats = len(pc.unique(hashes)) != len(hashes)
         if not repeats and recent:
-            before = pa.chunked_array([h for h, _ in recent]).combine_chunks()
-            repeats = bool(pc.any(pc.is_in(hashes, value_set=before)).as_py())
+            # Hash this step's IDs (fixed size) and probe the window's: cheaper than the other
+            # way round, as the window is the larger side.
+            before = pa.chunked_array([h for h, _ in recent])
+            repeats = bool(pc.any(pc.is_in(before, value_set=hashes)).as_py())
         full = [*recent, (hashes, self._index)]
         # Kept for the next step: the steps that cover the last _WINDOW_CHUNKS chunks.
         kept = list(full)
