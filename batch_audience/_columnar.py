@@ -46,7 +46,7 @@ import attrs
 from ._chunker import Chunk
 from ._exceptions import ValidationError
 from ._intake import Intake
-from ._sources import Interrupted, RecordReader, SourceError
+from ._sources import STDIN, Interrupted, RecordReader, SourceError
 from ._validate import (
     _DATE,
     _INT_MAX,
@@ -1091,6 +1091,9 @@ class ParquetRecords(RecordReader):
     """
 
     def __init__(self, path: str, *, skip: int = 0, ids_only: bool = False) -> None:
+        if path == STDIN:
+            # Parquet keeps its schema and row groups' places at the end of the file.
+            raise ValidationError("Parquet cannot be read from stdin: give the file's path")
         pa, _, _ = _modules()
         parquet = importlib.import_module("pyarrow.parquet")
         super().__init__((), name=path, skip=skip, ids_only=ids_only)

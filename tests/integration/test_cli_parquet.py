@@ -95,7 +95,7 @@ async def test_a_bad_row_is_found_before_anything_is_sent(
 
 
 async def test_a_bad_schema_and_a_dry_run(tmp_path: Path) -> None:
-    """--dry-run checks and plans without keys; a refused column type exits 2."""
+    """--dry-run checks and plans without keys; a refused column type or stdin exits 2."""
     data = write_parquet(tmp_path / "users.parquet", 2_345)
     planned = await cli(None, "upload", "any", str(data), "--dry-run", "--json")
     assert planned.code == 0, planned.err
@@ -105,6 +105,9 @@ async def test_a_bad_schema_and_a_dry_run(tmp_path: Path) -> None:
     refused = await cli(None, "upload", "any", str(bad), "--dry-run")
     assert refused.code == 2
     assert "'flag'" in refused.err and "booleans" in refused.err
+    piped = await cli(None, "upload", "any", "-", "--format", "parquet", "--dry-run", stdin=b"")
+    assert piped.code == 2
+    assert "Parquet cannot be read from stdin" in piped.err
 
 
 async def test_remove_reads_only_the_ids(
