@@ -120,6 +120,11 @@ def aiter_chunks(
     _check_bounds(size, start)
     if isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 1:
         raise ValidationError(f"slice_size must be an integer >= 1, got {slice_size!r}")
+    if hasattr(type(source), "__arrow_c_stream__"):
+        # Imported here: pyarrow and duckdb are an optional extra, paid for only when used.
+        from ._columnar import aiter_columnar
+
+        return aiter_columnar(source, intake, size=size, start=start, first=first)
     # An object that is both async and sync iterable is read the async way.
     if isinstance(source, AsyncIterable):
         _check_not_one_record(source)
