@@ -25,7 +25,7 @@ import orjson
 
 from ._exceptions import ValidationError
 from ._intake import Intake
-from ._models import Record
+from ._models import Record, Records
 from ._validate import MAX_ENTRIES
 
 __all__ = ["DEFAULT_SLICE_SIZE", "MAX_HOLD", "Chunk", "aiter_chunks", "iter_chunks"]
@@ -101,7 +101,7 @@ def iter_chunks(
 
 
 def aiter_chunks(
-    source: Iterable[object] | AsyncIterable[object],
+    source: Records,
     intake: Intake,
     *,
     size: int = MAX_ENTRIES,
@@ -129,7 +129,14 @@ def aiter_chunks(
     if isinstance(source, AsyncIterable):
         _check_not_one_record(source)
         return _async_chunks(aiter(source), intake, first or intake, size, start, slice_size)
-    return _sliced_chunks(_iterator(source), intake, first or intake, size, start, slice_size)
+    return _sliced_chunks(
+        _iterator(source),  # type: ignore[arg-type]  # not an ArrowStream: handled above
+        intake,
+        first or intake,
+        size,
+        start,
+        slice_size,
+    )
 
 
 def _check_bounds(size: int, start: int) -> None:
