@@ -1,33 +1,37 @@
 """The client-wide rate budget in IDs per second, learned from the server's 429s (spec §7).
 
-Pure: no aiohttp, the clock and the sleep are injected, so the arithmetic is tested without a
-network or real time. Every write of a client (uploads, the writer) takes its IDs from one
-``RateBudget`` before it goes out.
+Pure: no aiohttp, and the clock and the sleep are injected, so the arithmetic is tested
+without a network or real time. Every write of a client (uploads, the writer) takes its IDs
+from the client's one ``RateBudget`` before it goes out, so they share what the server allows
+instead of each learning it on its own.
 
-How it paces (a token bucket that may be borrowed from, as in GCRA):
+Pacing: a token bucket that writes may borrow from (as in GCRA).
 
 - Until the first 429 the budget has no rate: ``acquire`` returns at once, without awaiting,
   so a server that never throttles pays nothing for it.
-- With a rate, a write goes out when the bucket is not in debt and then takes its whole cost,
-  possibly leaving the bucket below zero: a request of 10,000 IDs can always go, even when the
-  rate is below 10,000 IDs/s, and what it borrowed delays the writes after it. The bucket holds
-  at most ``burst_seconds`` of the rate, so an idle spell does not buy a burst the server's own
-  bucket would refuse.
+- With a rate, a write goes out when the bucket is not in debt, and takes its whole cost,
+  possibly leaving the bucket below zero. A 10,000-ID request can always go, even when the rate
+  is below 10,000 IDs/s; what it borrowed delays the writes after it. The bucket keeps no
+  credit through idle time, so the client never sends faster than the rate, not even in a
+  burst: below the server's own rate, the server never has to answer 429.
 
-How it learns (AIMD, as TCP does with its window, but on a rate):
+Learning: AIMD as TCP does it with its window, on a rate, with CUBIC's growth curve.
 
-- A 429 is one congestion event per round: 429s of writes that went out before the last cut
-  were caused by the old rate and do not cut again.
-- On a cut the rate becomes ``decrease`` times the smaller of the current rate and the rate the
-  server accepted over the last seconds (what it delivered is the best estimate of what it
-  allows). A ``Retry-After`` pauses every write of the client that long.
-- While writes succeed and the budget is what holds them back, the rate grows: fast
-  (``fast_growth`` per second) until the second cut ever, while nothing is known of the
-  server's limit, then ``growth`` per second, probing for more. Once it stands far above what
-  the server has ever accepted, the budget lets go of it altogether: an unmetered server that
-  answered one stray 429 is not slowed down for good.
-- ``max_ids_per_second`` caps the rate at all times, before and after any 429: below the
-  server's real limit, the server never has to answer 429.
+- One cut per congestion event: 429s of writes sent before the last cut were caused by the
+  old rate and do not cut again.
+- A cut at rate ``W`` paces at ``decrease * W`` and aims growth at ``near * W``: CUBIC
+  (RFC 8312) grows fast back towards the aim, flat near it, then faster again, probing upward.
+  The aim sits below ``W`` because ``W`` was refused: plateauing just under it keeps 429s
+  rare.
+- The first cut has no rate to start from. The server accepted ``A`` IDs in the ``T`` seconds
+  from the first write to the end of the pause; it paces at ``A / T`` and aims at what it would
+  have been had the refused write gone too, ``(A + cost) / T``.
+- ``Retry-After`` pauses every write of the client that long (the server's word on when writes
+  may go again); without it, the refused write is retried once the new rate has paid for it.
+- Once the rate stands ``release`` times above the rate last refused, with writes accepted all
+  the way, that refusal no longer describes the server: the budget lets go of the rate, so an
+  unmetered server that answered one stray 429 is not slowed down for good.
+- ``max_ids_per_second`` caps the rate at all times, before and after any 429.
 """
 
 from __future__ import annotations
@@ -40,28 +44,31 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-import attrs
-
-__all__ = ["BudgetSnapshot", "RateBudget", "check_max_ids_per_second"]
+__all__ = ["DEFAULT_RATE_BUDGET", "RateBudget", "check_max_ids_per_second"]
 
 logger = logging.getLogger("batch_audience")
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
-# A cut keeps this share of the rate the server accepted (spec §7: "halved" is TCP Reno's 0.5;
-# anchoring on the accepted rate makes a milder cut safe and keeps uploads near the limit).
-DEFAULT_DECREASE: Final = 0.8
-DEFAULT_GROWTH: Final = 0.05  # per second, while the budget holds writes back
-DEFAULT_FAST_GROWTH: Final = 0.5  # per second, until the server's limit was met twice
-DEFAULT_WINDOW: Final = 4.0  # seconds of accepted writes to estimate the server's rate
-DEFAULT_MIN_WINDOW: Final = 1.0  # seconds: shorter spans tell a burst, not a rate
-DEFAULT_BURST_SECONDS: Final = 0.0  # seconds of the rate the bucket keeps through idle time
-DEFAULT_RELEASE: Final = 4.0  # let go of the rate once it is this many times the accepted peak
+DEFAULT_RATE_BUDGET: Final = None  # IDs per second; None: learned from the server alone
+# A cut paces at this share of the refused rate (TCP Reno halves, CUBIC keeps 0.7; the
+# refused rate here is measured, not a window that overshot for a whole round trip).
+DEFAULT_DECREASE: Final = 0.85
+DEFAULT_NEAR: Final = 0.95  # growth aims at this share of the refused rate
+# Past the aim the rate grows by aim * cubic * t**3 (t: seconds of accepted writes since the
+# aim was reached): 2 % after 2 s, 25 % after 5 s, 4x (a release) after about 11 s.
+DEFAULT_CUBIC: Final = 0.002  # per second cubed
+DEFAULT_WINDOW: Final = 10.0  # seconds of accepted writes remembered
+DEFAULT_MIN_SPAN: Final = 2.0  # seconds: a shorter span of accepted writes tells a burst
+DEFAULT_RECOVER: Final = 0.5  # seconds from a cut back up to the aim
+DEFAULT_STEP: Final = 1.0  # seconds: the most one accepted write advances the growth curve
+DEFAULT_RELEASE: Final = 4.0  # let go once the rate is this many times the last refused one
 MIN_RATE: Final = 1.0  # IDs per second: the floor of a rate cut again and again
-_EPSILON_IDS: Final = 1e-6
-# A change of the rate by this factor or more is logged at INFO.
+# A change of the rate by this factor or more since the last INFO line makes a new one.
 _LARGE_STEP: Final = 2.0
+# A hair of debt left by float rounding is no debt: sleeping 1e-17 s would spin.
+_EPSILON_IDS: Final = 1e-6
 
 
 def check_max_ids_per_second(value: float | None) -> float | None:
@@ -77,17 +84,9 @@ def check_max_ids_per_second(value: float | None) -> float | None:
         from ._exceptions import ValidationError
 
         raise ValidationError(
-            f"max_ids_per_second must be None or a finite number >= 1, got {value!r}"
+            f"max_ids_per_second must be None or a finite number >= {MIN_RATE:g}, got {value!r}"
         )
     return float(value)
-
-
-@attrs.frozen(kw_only=True)
-class BudgetSnapshot:
-    """The budget at one moment: throttled writes so far and the rate it paces at."""
-
-    throttled: int  # writes answered 429
-    rate: float | None  # IDs per second; None when writes are not paced
 
 
 class RateBudget:
@@ -100,81 +99,96 @@ class RateBudget:
         clock: Clock = time.monotonic,
         sleep: Sleep | None = None,
         decrease: float = DEFAULT_DECREASE,
-        growth: float = DEFAULT_GROWTH,
-        fast_growth: float = DEFAULT_FAST_GROWTH,
+        near: float = DEFAULT_NEAR,
+        cubic: float = DEFAULT_CUBIC,
         window: float = DEFAULT_WINDOW,
-        min_window: float = DEFAULT_MIN_WINDOW,
-        soft_decrease: float = 0.9,
-        near: float = 0.9,
-        burst_seconds: float = DEFAULT_BURST_SECONDS,
+        min_span: float = DEFAULT_MIN_SPAN,
+        step: float = DEFAULT_STEP,
+        recover: float = DEFAULT_RECOVER,
         release: float = DEFAULT_RELEASE,
     ) -> None:
         self.cap = check_max_ids_per_second(max_ids_per_second)
         self._clock = clock
         self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
         self._decrease = decrease
-        self._growth = growth
-        self._fast_growth = fast_growth
-        self._window = window
-        self._min_window = min_window
-        self._soft_decrease = soft_decrease
         self._near = near
-        self._target = 0.0
-        self._burst_seconds = burst_seconds
+        self._cubic = cubic
+        self._window = window
+        self._min_span = min_span
+        self._step = step
+        self._recover = recover
         self._release = release
-        # The rate learned from 429s, or None while nothing throttled (or after a release).
-        self._learned: float | None = None
         now = clock()
+        # The learned curve: None until the first 429 (and after a release); else growth
+        # follows aim * (1 + cubic * (t - epoch - k) ** 3) from the epoch on.
+        self._aim: float | None = None
+        self._drop = 0.0  # the share of the aim the last cut fell below it
+        self._progress = 0.0  # seconds of the curve walked so far
+        self._progressed_at = now
+        self._resumed_at = now  # when writes last went out again after a cut
         self._tokens = 0.0  # may be negative: what the last writes borrowed
         self._stamp = now  # when _tokens was last brought up to date
         self._paused_until = -math.inf
         self._last_cut = -math.inf
-        self._cuts = 0
-        self._grown_at = now
-        # When a writer last had to wait for tokens: growth only while the budget binds.
-        self._held_at = -math.inf
+        # Writes sent from this time on took their tokens when they went out.
+        self._paced_since = math.inf if max_ids_per_second is None else -math.inf
+        self._first_write: float | None = None
         # (time, IDs) of accepted writes over the last ``window`` seconds.
         self._accepted: deque[tuple[float, int]] = deque()
         self._accepted_sum = 0
-        self._first_write = -math.inf
-        self._peak_accepted = 0.0
+        self._refused = 0.0  # the rate the last cut judged refused, IDs per second
+        self._logged: float | None = None  # the rate of the last INFO line
         self._lock = asyncio.Lock()
-        self.throttled_count = 0
-        self.peak_rate: float | None = None
+        self.throttled_writes = 0  # writes answered 429
+        self.peak_rate: float | None = None  # the highest learned rate paced at, IDs per second
 
     # -- reading -----------------------------------------------------------------------------
 
     @property
     def rate(self) -> float | None:
-        """The rate writes are paced at, in IDs per second; None when they are not paced."""
-        learned = self._learned
+        """The rate writes are paced at now, in IDs per second; None when they are not paced."""
+        learned = self._learned()
         cap = self.cap
         if learned is None:
             return cap
         return learned if cap is None else min(learned, cap)
 
-    def snapshot(self) -> BudgetSnapshot:
-        """Throttled writes so far and the current rate."""
-        return BudgetSnapshot(throttled=self.throttled_count, rate=self.rate)
+    @property
+    def paused_until(self) -> float:
+        """The clock time before which no write goes (the server's last Retry-After)."""
+        return self._paused_until
 
-    def accepted_rate(self) -> float:
-        """IDs per second the server accepted over the last window (at least a second)."""
-        now = self._clock()
-        self._forget(now)
-        if not self._accepted:
-            return 0.0
-        since = max(self._first_write, now - self._window)
-        span = max(now - since, DEFAULT_MIN_WINDOW)
-        return self._accepted_sum / span
+    def _learned(self) -> float | None:
+        aim = self._aim
+        return None if aim is None else self._curve(aim)
+
+    def _curve(self, aim: float) -> float:
+        t = self._progress  # moved by accepted writes, not by the clock alone
+        k = self._recover
+        if t < k:
+            # Concave: back from the cut to the aim in ``recover`` seconds, fast at first.
+            left = (k - t) / k
+            return max(MIN_RATE, aim * (1.0 - self._drop * left * left * left))
+        # Convex: flat just past the aim, then faster and faster, probing upward.
+        t -= k
+        return max(MIN_RATE, aim * (1.0 + self._cubic * t * t * t))
 
     # -- the three hooks ---------------------------------------------------------------------
 
     async def acquire(self, cost: int) -> float:
-        """Wait until ``cost`` IDs may go out, take them, and return the time they did."""
+        """Wait until ``cost`` IDs may go out, take them, and return the clock time they did.
+
+        Cancellation-safe: a waiter cancelled before its turn takes nothing.
+        """
         now = self._clock()
-        if self._first_write == -math.inf:
+        if self._first_write is None:
             self._first_write = now
-        if self.rate is None and now >= self._paused_until and not self._lock.locked():
+        if (
+            self._aim is None
+            and self.cap is None
+            and now >= self._paused_until
+            and not self._lock.locked()
+        ):
             # Not paced: no await at all, so an unthrottled upload pays nothing here.
             return now
         async with self._lock:
@@ -184,91 +198,126 @@ class RateBudget:
                 rate = self.rate
                 if wait <= 0 and rate is not None:
                     self._refill(now, rate)
-                    # A hair of debt left by float rounding is no debt: waiting out 1e-17 s
-                    # would spin.
                     if self._tokens < -_EPSILON_IDS:
                         wait = -self._tokens / rate
                 if wait <= 0:
                     if rate is not None:
                         self._tokens -= max(cost, 0)
                     return now
-                self._held_at = now
                 await self._sleep(wait)
 
     def throttled(self, cost: int, retry_after: float | None, sent_at: float) -> None:
-        """A write of ``cost`` IDs sent at ``sent_at`` was answered 429."""
+        """A write of ``cost`` IDs that went out at ``sent_at`` was answered 429."""
         now = self._clock()
-        self.throttled_count += 1
+        self.throttled_writes += 1
         if retry_after is not None and retry_after > 0:
             self._paused_until = max(self._paused_until, now + retry_after)
-            # The pause is the server's word on when writes may go again: the bucket starts
-            # its count from the pause's end, empty.
-            self._tokens = min(self._tokens, 0.0)
+            # The server's word on when writes may go again replaces the bucket's own count:
+            # from the pause's end, with nothing owed.
+            self._tokens = 0.0
             self._stamp = max(self._stamp, self._paused_until)
         if sent_at < self._last_cut:
             return  # sent at the old rate: the cut already made covers it
+        paced = sent_at >= self._paced_since
         before = self.rate
         resume = max(now, self._paused_until)
-        estimate = self._estimate(now, resume)
-        accepted = self._accepted_sum
-        span = max(resume - max(self._first_write, now - self._window), self._min_window)
-        if before is None:
-            new = estimate if estimate is not None else cost / (retry_after or 1.0)
-            # Had the server let this write through as well, it would have allowed this much:
-            # an upper guess of its rate, the level fast growth aims for.
-            self._target = self._near * (accepted + cost) / span
+        learned = self._learned()
+        if learned is None:
+            # No rate of our own yet: what the server accepted from the first write to the
+            # end of the pause is the floor, and had it taken this write too, the aim.
+            self._forget(now)
+            first = self._first_write if self._first_write is not None else now
+            span = max(resume - max(first, now - self._window), 1.0)
+            accepted = self._accepted_sum
+            if accepted > 0:
+                start = accepted / span
+                aim = self._near * (accepted + cost) / span
+            elif self.cap is not None:
+                start, aim = self._decrease * self.cap, self._near * self.cap
+            else:
+                # Nothing accepted yet: one such write per pause (or second) is all we know.
+                start = aim = cost / (retry_after or 1.0)
+            if self.cap is not None:
+                start = min(start, self._decrease * self.cap)
+                aim = min(aim, self._near * self.cap)
+            start = max(MIN_RATE, start)
+            aim = max(start, aim)
         else:
-            new = self._decrease * before
-            self._target = self._near * before
-        self._learned = max(MIN_RATE, new)
+            # The server's bucket absorbs an overshoot for a while, so the rate when the 429
+            # came can stand well above the server's: what it accepted since the last cut,
+            # pause included (a pause refills its bucket), is the better measure.
+            refused = learned if self.cap is None else min(learned, self.cap)
+            self._forget(now)
+            since = max(self._last_cut, now - self._window)
+            if now - since >= self._min_span:
+                taken = sum(ids for at, ids in self._accepted if at >= since)
+                if taken > 0:
+                    # Had the server taken this write too, it would have allowed this much:
+                    # a bound (its bucket may have drained meanwhile), not the figure itself.
+                    measured = (taken + cost) / (now - since)
+                    # It guards against a large overshoot only: a slow climb or a pause in
+                    # the span makes it read low.
+                    refused = min(refused, max(measured, self._decrease * refused))
+            start = max(MIN_RATE, self._decrease * refused)
+            aim = max(start, self._near * refused)
+        if before is not None and start > before:
+            # A cut never speeds writes up, whatever the guesses above say.
+            start = before
+            aim = max(aim, start)
+        if self._aim is None and self.cap is None:
+            self._paced_since = now
+        self._aim = aim
+        self._refused = aim / self._near
+        self._drop = 1.0 - start / aim
+        self._progress = 0.0
+        self._progressed_at = resume
+        self._resumed_at = resume
         self._last_cut = now
-        self._cuts += 1
-        self._grown_at = resume
         if retry_after is None:
-            # No word from the server on when to come back: the throttled write is retried
-            # once the new rate has paid for it, and nothing goes before.
-            self._refill(now, self._learned)
-            self._tokens = min(self._tokens, 0.0) - cost
+            # No word from the server on when to come back: the refused write is retried
+            # once the new rate has paid for it, and nothing goes before. What it took when
+            # it went out paced is given back first, so it is not paid for twice.
+            self._refill(now, start)
+            if paced:
+                self._tokens += max(cost, 0)
+            self._tokens = min(self._tokens, 0.0) - max(cost, 0)
         self._log_step(before, "cut after a 429")
 
     def succeeded(self, cost: int, sent_at: float) -> None:
-        """A write of ``cost`` IDs sent at ``sent_at`` was accepted."""
-        del sent_at
+        """A write of ``cost`` IDs that went out at ``sent_at`` was accepted."""
+        del sent_at  # kept for symmetry with ``throttled``: every success counts
         now = self._clock()
         self._accepted.append((now, cost))
         self._accepted_sum += cost
-        learned = self._learned
-        if learned is None:
-            return
-        elapsed = min(now - self._grown_at, 1.0)
-        self._grown_at = max(now, self._grown_at)
-        if elapsed <= 0 or now - self._held_at > 1.0:
-            return  # the budget did not hold anything back: no evidence more would pass
-        before = self.rate
-        if learned < self._target:
-            learned = min(self._target, learned * (1.0 + self._fast_growth * elapsed))
-        else:
-            learned *= 1.0 + self._growth * elapsed
-        if self.cap is not None:
-            learned = min(learned, self.cap)
-        self._learned = learned
-        self._log_step(before, "grown back")
-
-    def _estimate(self, now: float, resume: float) -> float | None:
-        """IDs per second the server accepted lately, counted up to when writes resume."""
         self._forget(now)
-        if not self._accepted:
-            return None
-        since = max(self._first_write, now - self._window)
-        return self._accepted_sum / max(resume - since, self._min_window)
+        aim = self._aim
+        if aim is None:
+            return
+        if now > self._progressed_at:
+            # The curve's clock runs with the writes: at most ``step`` seconds per accepted
+            # write, so a long wait for one large write is not long evidence of success.
+            self._progress += min(now - self._progressed_at, self._step)
+            self._progressed_at = now
+        learned = self._curve(aim)
+        rate = learned if self.cap is None else min(learned, self.cap)
+        if self.peak_rate is None or rate > self.peak_rate:
+            self.peak_rate = rate
+        if learned > self._release * self._refused:
+            before = self.rate
+            self._aim = None
+            self._tokens = 0.0
+            if self.cap is None:
+                self._paced_since = math.inf
+            self._log_step(before, "released, far above the rate last refused")
+        elif self._logged is not None:
+            self._log_step(self._logged, "grown back")
 
     # -- internals ---------------------------------------------------------------------------
 
     def _refill(self, now: float, rate: float) -> None:
         if now > self._stamp:
-            ceiling = rate * self._burst_seconds
-            if self._tokens < ceiling:
-                self._tokens = min(ceiling, self._tokens + (now - self._stamp) * rate)
+            if self._tokens < 0:
+                self._tokens = min(0.0, self._tokens + (now - self._stamp) * rate)
             self._stamp = now
 
     def _forget(self, now: float) -> None:
@@ -279,22 +328,25 @@ class RateBudget:
 
     def _log_step(self, before: float | None, why: str) -> None:
         after = self.rate
-        if before == after:
+        reference = self._logged if self._logged is not None else before
+        if reference == after:
             return
         if (
-            before is None
+            reference is None
             or after is None
-            or max(before, after) >= _LARGE_STEP * min(before, after)
+            or max(reference, after) >= _LARGE_STEP * min(reference, after)
         ):
+            self._logged = after
             logger.info(
-                "rate budget %s: %s -> %s IDs/s",
+                "rate budget %s: %s -> %s IDs/s after %d throttled writes",
                 why,
-                "unpaced" if before is None else f"{before:,.0f}",
+                "unpaced" if reference is None else f"{reference:,.0f}",
                 "unpaced" if after is None else f"{after:,.0f}",
+                self.throttled_writes,
                 extra={
                     "event": "batch_audience.rate_budget",
-                    "rate_before": before,
+                    "rate_before": reference,
                     "rate": after,
-                    "throttled": self.throttled_count,
+                    "throttled": self.throttled_writes,
                 },
             )
