@@ -36,7 +36,14 @@ from ._models import (
     Url,
 )
 from ._sources import SourceError, open_records
-from ._writer import AudienceWriter, DrainTimeout, FlushResult, WriterEntry, WriterError
+from ._writer import (
+    AudienceWriter,
+    DrainTimeout,
+    FlushResult,
+    ResendResult,
+    WriterEntry,
+    WriterError,
+)
 
 __all__ = [
     "ApiError",
@@ -64,6 +71,7 @@ __all__ = [
     "RateLimitError",
     "Record",
     "RequestTimeout",
+    "ResendResult",
     "RetryPolicy",
     "ServerError",
     "SourceError",

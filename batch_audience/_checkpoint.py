@@ -22,7 +22,10 @@ cut short by a crash is dropped; the checkpoint is deleted once the upload (and 
 indexing, if asked) is over, so the next run of the same command starts afresh.
 
 Writes run in a worker thread, so an fsync never stalls the event loop; an acknowledgement
-lost to a crash before its fsync only means that chunk is sent again.
+lost to a crash before its fsync only means that chunk is sent again. A write that fails (a
+full disk) stops the upload with CheckpointError naming the file and the OS error: the lines
+written whole stay, a torn one is cut off (or dropped by the next load), and nothing is ever
+appended after it. Only a torn *last* line is forgiven; damage anywhere else is refused.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import stat
+import threading
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -40,6 +45,7 @@ import orjson
 
 from ._exceptions import ValidationError
 from ._models import ProgressCallback, UploadReport
+from ._sources import Interrupted, RecordReader
 from ._upload import DEFAULT_CONCURRENCY, Operation
 from ._validate import MAX_ENTRIES
 
@@ -79,10 +85,24 @@ class CheckpointError(ValidationError):
 
 def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What identifies a file's content for a checkpoint: its size and SHA-256 (reads it all)."""
-    with open(path, "rb") as file:
-        digest = hashlib.file_digest(file, "sha256").hexdigest()
-        size = file.tell()
-    return {"size": size, "sha256": digest}
+    return fingerprint(path)
+
+
+def fingerprint(
+    path: str | os.PathLike[str], stop: threading.Event | None = None
+) -> dict[str, Any]:
+    """``file_fingerprint``, looking at ``stop`` after each block (Interrupted when set)."""
+    digest = hashlib.sha256()
+    size = 0
+    buffer = bytearray(FINGERPRINT_BLOCK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as file:
+        while read := file.readinto(buffer):
+            digest.update(view[:read])
+            size += read
+            if stop is not None and stop.is_set():
+                raise Interrupted
+    return {"size": size, "sha256": digest.hexdigest()}
 
 
 def target_fingerprint(client: Client) -> str:
@@ -102,14 +122,32 @@ class _Ack:
 
 
 class _File:
-    """The checkpoint file: read once, then appended to; holds an exclusive lock while open."""
+    """The checkpoint file: read once, then appended to; holds an exclusive lock while open.
+
+    ``write`` runs in a worker thread and ``close`` on the event loop's: a close that comes
+    while a write is under way (a second Ctrl-C during the last flush) is left to the writer,
+    so the descriptor is never closed, or reused for another file, under a write.
+    """
+
+    # The system calls that write, as seams: tests replace them to simulate a full disk.
+    _os_write: Callable[[int, memoryview], int] = staticmethod(os.write)
+    _os_fsync: Callable[[int], None] = staticmethod(os.fsync)
+    _os_ftruncate: Callable[[int, int], None] = staticmethod(os.ftruncate)
 
     def __init__(self, path: str, identity: dict[str, Any]) -> None:
         self.path = path
         self.acks: list[_Ack] = []
         self.done = False
+        self._mutex = threading.Lock()
+        self._writing = False
+        self._closing = False
+        self._failure: CheckpointError | None = None
+        self._size = 0  # bytes of whole lines in the file
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         try:
+            if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+                # /dev/zero would be read forever, /dev/null would keep nothing.
+                raise CheckpointError(f"checkpoint {path!r} is not a regular file")
             self._lock()
             self._load(identity)
         except BaseException:
@@ -131,7 +169,11 @@ class _File:
         while chunk := os.pread(self._fd, 1 << 20, len(data)):
             data += chunk
         newline = data.find(b"\n")
-        if data.strip() and (newline >= 0 or not data.startswith(_HEADER_START)):
+        # A file cut inside its header (a kill during the first write) is ours, however short.
+        cut_header = newline < 0 and (
+            data.startswith(_HEADER_START) or _HEADER_START.startswith(data.strip())
+        )
+        if data.strip() and not cut_header:
             # Check the header before changing anything: the path may name some other file.
             try:
                 header = self._parse(data[: newline if newline >= 0 else len(data)], 1)
@@ -142,12 +184,15 @@ class _File:
                     f"{self.path!r} is not a batch_audience checkpoint (version {_VERSION})"
                 )
         if not data.endswith(b"\n"):
-            # The last write was cut short by a crash: drop it, so appends start a fresh line.
+            # The last write was cut short (a kill, a full disk): drop its torn line, so
+            # appends start a fresh line and the torn one never ends up inside the file.
             data = data[: data.rfind(b"\n") + 1]
             os.ftruncate(self._fd, len(data))
+        self._size = len(data)
         if not data.strip():
             header = {"checkpoint": _MAGIC, "version": _VERSION, "identity": identity}
             os.ftruncate(self._fd, 0)
+            self._size = 0
             self.write(orjson.dumps(header) + b"\n")
             return
         lines = data.split(b"\n")
@@ -184,13 +229,51 @@ class _File:
         return value
 
     def write(self, data: bytes) -> None:
+        """Append whole lines and sync them (in a worker thread).
+
+        Raises:
+            CheckpointError: naming the file and the OS error (a full disk...). The lines
+                written whole are kept, a torn one is cut off again, and every later write
+                is refused: nothing is ever appended after a torn line.
+        """
+        with self._mutex:
+            if self._failure is not None:
+                raise self._failure
+            if self._fd < 0 or self._closing:
+                raise CheckpointError(f"checkpoint {self.path!r} is closed")
+            self._writing = True
+        try:
+            self._write(data)
+        finally:
+            with self._mutex:
+                self._writing = False
+                if self._closing:
+                    self._close_fd()
+
+    def _write(self, data: bytes) -> None:
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        os.fsync(self._fd)
+        try:
+            while view:
+                view = view[self._os_write(self._fd, view) :]
+            self._os_fsync(self._fd)
+        except OSError as exc:
+            written = len(data) - len(view)
+            whole = data.rfind(b"\n", 0, written) + 1
+            # Best effort: if this fails too, the next load drops the torn line.
+            with contextlib.suppress(OSError):
+                self._os_ftruncate(self._fd, self._size + whole)
+            self._failure = CheckpointError(f"cannot write checkpoint {self.path!r}: {exc}")
+            raise self._failure from exc
+        self._size += len(data)
 
     def close(self) -> None:
+        """Close the file and release its lock, at once or when the write under way ends."""
+        with self._mutex:
+            self._closing = True
+            if not self._writing:
+                self._close_fd()
+
+    def _close_fd(self) -> None:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)  # also releases the lock
@@ -270,12 +353,24 @@ class ResumableUpload:
         self._done = False
         self._pending: list[bytes] = []
         self._writer: asyncio.Task[None] | None = None
+        # Set when a write failed: nothing more is written, and the upload is stopped.
+        self._failure: CheckpointError | None = None
+        self._upload: asyncio.Task[UploadReport] | None = None
         self._ran = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        self._file = await asyncio.to_thread(_File, self.path, self.identity)
+        loop = asyncio.get_running_loop()
+        # A future, not a task: the loop's shutdown does not cancel it, so a file opened by
+        # the thread after a cancellation is always closed by _close_opened.
+        opening = loop.run_in_executor(None, _File, self.path, self.identity)
+        try:
+            self._file = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The thread cannot be stopped: close (and unlock) the file once it is open.
+            opening.add_done_callback(_close_opened)
+            raise
         acks = self._file.acks
         self._position = contiguous((a.start, a.end) for a in acks)
         # Acknowledged chunks inside the resumed prefix; later ones will be sent again.
@@ -337,15 +432,23 @@ class ResumableUpload:
         runs included. Once everything was acknowledged (and indexed, with ``wait``) the
         checkpoint file is deleted, unless ``keep``.
 
+        A RecordReader's skipped records are passed in a worker thread first (``skip=``
+        can be millions of lines: not on the event loop).
+
         Raises:
             ValidationError, ApiError, TransportError: as ``add``; what was acknowledged is
                 in the checkpoint, and running the same upload again resumes from it.
+            CheckpointError: the checkpoint could not be written; the upload was stopped,
+                and what was written before resumes.
         """
         if self._file is None:
             raise RuntimeError("use 'async with resumable(...)' before run()")
         if self._ran:
             raise RuntimeError("run() was already called; open the checkpoint again to rerun")
         self._ran = True
+        if isinstance(records, RecordReader):
+            # Passing the records acknowledged earlier (millions, perhaps) is for a thread.
+            await records.skip_in_thread()
         earlier_tokens = tuple(a.token for a in self._earlier if a.token is not None)
         if self._done:
             report = UploadReport(
@@ -357,8 +460,9 @@ class ResumableUpload:
                 atomic=len(self._earlier) <= 1,
             )
         else:
-            try:
-                this_run = await self.client._upload(
+            # A task of its own, so that a failed checkpoint write can stop it (_drain).
+            self._upload = asyncio.get_running_loop().create_task(
+                self.client._upload(
                     self.mode,
                     self.name,
                     records,
@@ -371,13 +475,30 @@ class ResumableUpload:
                     skip_replace=self.mode == "replace" and self._started,
                     on_ack=self._acknowledge,
                 )
+            )
+            try:
+                this_run = await self._upload
             except BaseException as exc:
+                failure = self._failure
+                current = asyncio.current_task()
+                if (
+                    failure is not None
+                    and isinstance(exc, asyncio.CancelledError)
+                    and self._upload.cancelled()
+                    and not (current is not None and current.cancelling())
+                ):
+                    # Cancelled by _drain, not by our caller: the write failure is the error.
+                    raise failure from failure.__cause__
                 if isinstance(exc, Exception):
                     exc.add_note(
                         f"acknowledged chunks are saved in checkpoint {self.path!r}: "
                         "run the same upload again to resume"
                     )
+                    if failure is not None and exc is not failure:
+                        exc.add_note(f"also: {failure}")
                 raise
+            finally:
+                self._upload = None
             requests = len(self._earlier) + this_run.requests
             report = attrs.evolve(
                 this_run,
@@ -397,29 +518,54 @@ class ResumableUpload:
         return report
 
     def _acknowledge(self, first: int, end: int, token: str | None) -> None:
+        if self._failure is not None:
+            return  # the upload is being stopped; this chunk is sent again on resume
         self._pending.append(orjson.dumps({"start": first, "end": end, "token": token}) + b"\n")
+        self._start_writer()
+
+    def _start_writer(self) -> asyncio.Task[None]:
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._drain())
+        return self._writer
 
     async def _drain(self) -> None:
         file = self._file
         assert file is not None
-        while self._pending:
+        while self._pending and self._failure is None:
             # Acknowledgements that came in during the last fsync share the next one.
             data = b"".join(self._pending)
             self._pending.clear()
-            await asyncio.to_thread(file.write, data)
+            try:
+                await asyncio.to_thread(file.write, data)
+            except CheckpointError as exc:
+                # Going on would record nothing: stop the upload, and say why (run, _flush).
+                self._failure = exc
+                exc.add_note(
+                    "the upload was stopped; the chunks recorded before this error stay in the "
+                    "checkpoint: make room (or fix the file) and run the same upload again"
+                )
+                self._pending.clear()
+                if self._upload is not None:
+                    self._upload.cancel()
 
     async def _flush(self) -> None:
-        """Wait until every acknowledgement so far is on disk; raise a write error if any."""
-        while (writer := self._writer) is not None or self._pending:
-            if writer is None:
-                writer = self._writer = asyncio.get_running_loop().create_task(self._drain())
-            try:
-                await writer
-            finally:
-                if self._writer is writer:
-                    self._writer = None
+        """Wait until every acknowledgement so far is on disk; raise the write error if any."""
+        while self._failure is None and (
+            self._pending or (self._writer is not None and not self._writer.done())
+        ):
+            # Shielded: a cancelled flush leaves the write to finish, never half done.
+            await asyncio.shield(self._start_writer())
+        if self._writer is not None and self._writer.done() and not self._writer.cancelled():
+            self._writer.result()  # an unexpected error of the writer task itself
+        if self._failure is not None:
+            raise self._failure
+
+
+def _close_opened(opening: asyncio.Future[_File]) -> None:
+    if opening.cancelled():
+        return
+    if opening.exception() is None:
+        opening.result().close()
 
 
 def _unlink(path: str) -> None:
@@ -472,7 +618,8 @@ async def upload_with_checkpoint(
             for other input, audience, mode, chunk size or project is refused.
 
     Raises:
-        CheckpointError: the checkpoint belongs to another upload, is damaged or in use.
+        CheckpointError: the checkpoint belongs to another upload, is damaged or in use, or
+            could not be written (the upload was then stopped).
         ValidationError, ApiError, TransportError: as ``add``; rerun to resume.
     """
     async with resumable(

@@ -34,7 +34,7 @@ DEFAULT_SLICE_SIZE: Final = 1_000  # records pulled, at most, between two yields
 # Also yield once pulling has held the loop this long (seconds), whatever the count: a slow
 # source (CSV parsing, 15 attributes) can take 5-10 us per record, 5-10 ms per 1,000.
 MAX_HOLD: Final = 0.0005
-_STEP: Final = 25  # records per intake step: between two looks at the clock
+_STEP: Final = 50  # records per intake step: between two looks at the clock
 
 
 def _body_repr(body: bytes) -> str:

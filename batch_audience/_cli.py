@@ -29,22 +29,32 @@ import importlib
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import AsyncIterable, Callable, Coroutine, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 import orjson
 
-from ._checkpoint import ResumableUpload, file_fingerprint, resumable
+from ._checkpoint import ResumableUpload, fingerprint, resumable
 from ._client import AudienceClient, CustomAudienceClient
 from ._config import DEFAULT_API_VERSION, DEFAULT_BASE_URL
 from ._exceptions import BatchAudienceError, UnsupportedOperation, ValidationError
 from ._models import AudienceInfo, Progress, UploadReport
 from ._redact import MASK
-from ._sources import FORMATS, STDIN, Format, RecordReader, SourceError, guess_format, open_records
+from ._sources import (
+    FORMATS,
+    STDIN,
+    Format,
+    Interrupted,
+    RecordReader,
+    SourceError,
+    guess_format,
+    open_records,
+)
 from ._upload import DEFAULT_CONCURRENCY, Operation
 from ._validate import MAX_ENTRIES, EntryEncoder, Generation, check_audience_name
 
@@ -60,6 +70,7 @@ EXIT_USAGE: Final = 2  # bad input or usage (argparse exits 2 on its own errors 
 EXIT_INTERRUPTED: Final = 130  # 128 + SIGINT, as shells report it
 DEMO_RECORDS: Final = 1_000_000
 CHECK_TICK: Final = 10_000  # records between two updates of the pre-check's counter
+STOP_TICK: Final = 1_000  # records the pre-check reads between two looks at its stop flag
 TQDM_INSTALL: Final = "pip install 'tqdm>=4.66'"
 
 ENV_REST_KEY: Final = "BATCH_REST_KEY"
@@ -68,6 +79,7 @@ ENV_API_KEY: Final = "BATCH_API_KEY"
 ENV_BASE_URL: Final = "BATCH_BASE_URL"
 
 Client = AudienceClient | CustomAudienceClient
+T = TypeVar("T")
 
 _DESCRIPTION: Final = """\
 Upload CSV or NDJSON files to Batch.com audiences, inspect and delete audiences, run the
@@ -642,7 +654,7 @@ async def cmd_upload(args: argparse.Namespace, console: Console) -> int:
         if client is not None:
             await stack.enter_async_context(client)
             if checkpoint is not None:
-                identity = await asyncio.to_thread(_file_identity, path, fmt)
+                identity = await off_loop(_file_identity, path, fmt)
                 upload = await stack.enter_async_context(
                     resumable(
                         client,
@@ -673,6 +685,9 @@ async def cmd_upload(args: argparse.Namespace, console: Console) -> int:
         stack.callback(bar.close)
         reader = await asyncio.to_thread(open_records, path, fmt, skip=skip, ids_only=ids_only)
         stack.callback(reader.close)
+        if path != STDIN:
+            # Passing millions of acknowledged records takes seconds: not on the loop.
+            await off_loop(reader.skip_now)
         # stdin may wait on its producer: read it in a thread. A file is read on the loop's
         # thread, which costs half as much CPU as the hops to a thread and blocks microseconds.
         source: Iterable[object] | AsyncIterable[object] = (
@@ -708,9 +723,46 @@ async def cmd_upload(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
-def _file_identity(path: str, fmt: Format) -> dict[str, Any]:
+async def off_loop(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``func(*args, stop=flag, **kwargs)`` in a daemon thread, its result or error awaited.
+
+    A thread cannot be cancelled: on cancellation (Ctrl-C) the flag is set, which a long job
+    (a check, a hash, a skip) looks at every few milliseconds, and the thread is not waited
+    for. It is a daemon, unlike asyncio.to_thread's, so neither the loop's shutdown nor the
+    interpreter's exit waits for it, even when it is blocked reading an idle stdin.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+    stop = threading.Event()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.cancelled():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            result, error = func(*args, stop=stop, **kwargs), None
+        except BaseException as exc:  # handed to the awaiting task, whatever it is
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(
+        target=run, name=f"{PROG} {getattr(func, '__name__', 'job')}", daemon=True
+    ).start()
     try:
-        return {**file_fingerprint(path), "format": fmt}
+        return await future
+    finally:
+        stop.set()
+
+
+def _file_identity(path: str, fmt: Format, *, stop: threading.Event) -> dict[str, Any]:
+    try:
+        return {**fingerprint(path, stop), "format": fmt}
     except OSError as exc:
         raise UsageError(f"cannot read {path!r}: {exc.strerror or exc}") from None
 
@@ -737,7 +789,7 @@ async def _check_file(
     """Validate every record of the file after ``skip``; return how many records it holds."""
     bar = ProgressBar(console, enabled=_bar_enabled(args), desc="checking", initial=skip)
     try:
-        return await asyncio.to_thread(
+        return await off_loop(
             check_file, path, fmt, encoder, skip=skip, ids_only=ids_only, tick=bar.set
         )
     finally:
@@ -752,6 +804,7 @@ def check_file(
     skip: int = 0,
     ids_only: bool = False,
     tick: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> int:
     """Read and validate every record after the first ``skip``; return the file's record count.
 
@@ -760,12 +813,14 @@ def check_file(
     Raises:
         SourceError: the first record that cannot be read or breaks a rule, with its line.
         UsageError: the file cannot be opened.
+        Interrupted: ``stop`` was set (the command was interrupted).
     """
     try:
         reader = open_records(path, fmt, skip=skip, ids_only=ids_only)
     except OSError as exc:
         raise UsageError(f"cannot read {path!r}: {exc.strerror or exc}") from None
     with reader:
+        reader.skip_now(stop)
         encode = encoder.encode
         position = skip
         for record in reader:
@@ -774,8 +829,11 @@ def check_file(
             except ValidationError as exc:
                 raise SourceError.wrap(exc, source=reader.name, line=reader.line) from None
             position += 1
-            if tick is not None and not position % CHECK_TICK:
-                tick(position)
+            if not position % STOP_TICK:
+                if stop is not None and stop.is_set():
+                    raise Interrupted
+                if tick is not None and not position % CHECK_TICK:
+                    tick(position)
         return position
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import enum
+import logging
 import random
 import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self, final
+from typing import Any, Final, Self, final
 
 import aiohttp
 import attrs
@@ -21,18 +22,26 @@ from ._config import (
     Timeouts,
 )
 from ._endpoints import Endpoints, V1Endpoints, V2Endpoints, check_page_size
-from ._exceptions import ClientClosedError, TransportError, UnsupportedOperation, ValidationError
+from ._exceptions import (
+    BadRequestError,
+    BatchAudienceError,
+    ClientClosedError,
+    NotFoundError,
+    TransportError,
+    UnsupportedOperation,
+    ValidationError,
+)
 from ._models import AudienceInfo, IndexingState, ProgressCallback, UploadReport, converter
 from ._poller import wait_applied
 from ._redact import mask, redact_url
 from ._session import DEFAULT_MAX_RESPONSE_BYTES, Session, SleepFn, is_loopback
 from ._upload import DEFAULT_CONCURRENCY, AckHook, Operation, run_upload
 from ._validate import MAX_ENTRIES, check_audience_name
-
-if TYPE_CHECKING:
-    from ._writer import AudienceWriter, ErrorHandler
+from ._writer import AudienceWriter, ErrorHandler
 
 __all__ = ["AudienceClient", "CustomAudienceClient"]
+
+logger = logging.getLogger("batch_audience")
 
 DEFAULT_PAGE_SIZE: Final = 100  # audiences per list request
 
@@ -182,6 +191,9 @@ class _BaseClient:
             audience_type: 1.0 ``custom_ids`` (default) or ``advertising_ids``; 1.1
                 ``install_ids``; 2.x ``custom_ids``.
 
+        Returns None also when a retry met "already exists" after an attempt whose answer was
+        lost, and a view confirmed the audience exists: that attempt created it (spec §7).
+
         Raises:
             ValidationError: a bad name or an argument of the other generation.
             ApiError: the server refused (BadRequestError for a duplicate name).
@@ -189,8 +201,46 @@ class _BaseClient:
         route = self._endpoints.create(
             name, display_name=display_name, description=description, audience_type=audience_type
         )
-        response = await self._open().send(route)
+        try:
+            response = await self._open().send(route)
+        except BadRequestError as exc:
+            # Spec §7: after an attempt whose outcome is unknown, a refusal may only mean that
+            # the earlier attempt created the audience. Batch documents no "already exists"
+            # answer (the fake says MALFORMED_PARAMETER, like for any bad value), so the error
+            # code proves nothing: the audience itself is looked at.
+            if not exc.after_unknown_outcome:
+                raise
+            await self._confirm_created(name, exc, display_name or description)
+            return None
         return _token(response.data)
+
+    async def _confirm_created(
+        self, name: str, refusal: BadRequestError, label: str | None
+    ) -> None:
+        """Return if ``name`` exists (an earlier attempt created it); else raise ``refusal``."""
+        try:
+            info = await self.view(name)
+        except NotFoundError:
+            raise refusal from None
+        except BatchAudienceError as exc:
+            refusal.add_note(
+                f"an earlier attempt's outcome is unknown, and checking whether it created "
+                f"the audience failed too ({type(exc).__name__})"
+            )
+            raise refusal from exc
+        shown = info.display_name if info.display_name is not None else info.description
+        if label is not None and shown and shown != label:
+            refusal.add_note(
+                "an audience of that name exists, but with another label: "
+                "not the one this call created"
+            )
+            raise refusal
+        logger.info(
+            "create %s: the retry was refused, but the audience exists: the earlier attempt, "
+            "whose answer was lost, created it",
+            name,
+            extra={"event": "batch_audience.create_confirmed", "operation": "create"},
+        )
 
     async def view(self, name: str, *, token: str | None = None) -> AudienceInfo:
         """Describe an audience, with the indexing state of ``token`` or of its latest write.
@@ -203,8 +253,24 @@ class _BaseClient:
         return _info(response.data)
 
     async def delete(self, name: str) -> str | None:
-        """Delete the whole audience; return the indexing token when the API gives one (2.x)."""
-        response = await self._open().send(self._endpoints.delete(name))
+        """Delete the whole audience; return the indexing token when the API gives one (2.x).
+
+        Raises:
+            NotFoundError: no such audience. A 404 after an attempt whose outcome is unknown
+                means that attempt deleted it: the call then succeeds and returns None.
+        """
+        try:
+            response = await self._open().send(self._endpoints.delete(name))
+        except NotFoundError as exc:
+            if not exc.after_unknown_outcome:
+                raise
+            logger.info(
+                "delete %s: the retry found no such audience: the earlier attempt, whose answer "
+                "was lost, deleted it",
+                name,
+                extra={"event": "batch_audience.delete_confirmed", "operation": "delete"},
+            )
+            return None
         return _token(response.data)
 
     def list(self, *, page_size: int = DEFAULT_PAGE_SIZE) -> AsyncIterator[AudienceInfo]:
@@ -344,7 +410,8 @@ class _BaseClient:
         Args:
             tokens: one token or many, e.g. ``report.tokens``; plain strings that can be
                 stored and waited on later, from another process.
-            timeout: seconds for the whole wait (default: the PollPolicy's).
+            timeout: seconds for the whole wait (default: the PollPolicy's). The last poll
+                is sent at the deadline, and has up to 5 s (at most ``timeout``) to answer.
             interval: a fixed wait between polls (default: the PollPolicy's growing one).
 
         Raises:
@@ -374,8 +441,6 @@ class _BaseClient:
         drain_timeout: float = 30.0,
     ) -> AudienceWriter:
         """A buffered writer for event consumers: size/age flushes, backpressure, nothing lost."""
-        from ._writer import AudienceWriter
-
         self._open()
         return AudienceWriter(
             self,

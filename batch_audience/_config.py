@@ -60,9 +60,10 @@ def _at_least_one(_: object, attribute: attrs.Attribute[Any], value: Any) -> Non
 class RetryPolicy:
     """How one request is retried: full-jitter exponential backoff, bounded in attempts and time.
 
-    Retried: 429, 500, 502, 503, 504, connection failures and timeouts (spec §7). A Retry-After
-    header replaces the computed wait of that attempt. ``deadline`` bounds the whole call,
-    waits included: a wait that would end past it is not started.
+    Retried: 429, 500, 502, 503, 504, connection failures and timeouts (spec §7); other 5xx
+    are not. A Retry-After header replaces the computed wait of that attempt. ``deadline``
+    bounds the whole call, attempts and waits included: each attempt's timeout is cut to the
+    time left, and a wait that would reach the deadline is not started.
     """
 
     max_attempts: int = attrs.field(default=DEFAULT_MAX_ATTEMPTS, validator=_at_least_one)

@@ -18,7 +18,8 @@ from ._validate import Generation, check_audience_name
 __all__ = ["ApiRoute", "Endpoints", "V1Endpoints", "V2Endpoints"]
 
 MAX_PAGE_SIZE: Final = 100
-_V2_VERSION: Final = re.compile(r"^2\.[0-9]+$")
+# 2.1 up (Batch's pages show 2.1 to 2.11); fullmatch, as "$" would also match before "\n".
+_V2_VERSION: Final = re.compile(r"2\.[1-9][0-9]*")
 _V1_TYPES: Final = {"1.0": ("custom_ids", "advertising_ids"), "1.1": ("install_ids",)}
 _PATH_BREAKERS: Final = frozenset("/?#%")
 
@@ -204,9 +205,9 @@ class V2Endpoints(Endpoints):
     project_key: str = attrs.field(repr=False)
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.version, str) or not _V2_VERSION.match(self.version):
+        if not isinstance(self.version, str) or not _V2_VERSION.fullmatch(self.version):
             raise ValidationError(
-                f"Audience API version must look like '2.8', got {self.version!r}"
+                f"Audience API version must be 2.N with N >= 1, like '2.8', got {self.version!r}"
             )
         if not isinstance(self.project_key, str) or not self.project_key:
             raise ValidationError("project_key must be a non-empty string")

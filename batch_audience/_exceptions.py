@@ -5,7 +5,7 @@ Every exception the library raises on purpose derives from ``BatchAudienceError`
     BatchAudienceError
     ├── ValidationError(…, ValueError)      .position .record_id .rule; raised before sending
     ├── UnsupportedOperation                the API version lacks the operation
-    ├── TransportError                      no usable response (.retriable = True)
+    ├── TransportError                      no usable response (.retriable = True, .request_sent)
     │   ├── ConnectError                    connecting, or the connection dropped
     │   └── RequestTimeout(…, TimeoutError) the request took longer than its timeout
     ├── ApiError                            .status .error_code .numeric_code .message .retriable
@@ -14,13 +14,17 @@ Every exception the library raises on purpose derives from ``BatchAudienceError`
     │   ├── ForbiddenError 403
     │   ├── NotFoundError 404
     │   ├── RateLimitError 429 (.retry_after)
-    │   ├── ServerError 5xx (500, 502, 504, …)
+    │   ├── ServerError 5xx (500, 502, 504, …; only those three are retriable)
     │   └── MaintenanceError 503
     ├── IndexingTimeout(…, TimeoutError)    .states: the last known state of each token
     └── ClientClosedError(…, RuntimeError)  the client or writer was used after aclose()
 
 An error that ends an upload part-way carries ``.report``: the partial UploadReport (records
 acknowledged, tokens so far), so the caller can see what landed and resume.
+
+``after_unknown_outcome`` is True on an error raised after retries when an earlier attempt of
+the same call ended without telling whether the server acted on it (a timeout, a connection
+dropped after the request was sent, a 5xx): the server may then have done the work already.
 
 No message built here contains a REST key: URLs reach these classes already redacted.
 """
@@ -67,6 +71,9 @@ NUMERIC_CODES: Mapping[str, int] = {
 }
 _SYMBOLIC_NAMES: Mapping[int, str] = {v: k for k, v in NUMERIC_CODES.items()}
 
+# Spec §7: the statuses worth retrying. Other 5xx (501, 505, 507, ...) are not transient.
+RETRIABLE_STATUSES: frozenset[int] = frozenset({429, 500, 502, 503, 504})
+
 # Enough of a non-JSON body to tell what it was, never enough to flood a log.
 _RAW_TEXT_LIMIT = 500
 
@@ -74,13 +81,25 @@ _RAW_TEXT_LIMIT = 500
 class BatchAudienceError(Exception):
     """Root of every error raised by batch_audience."""
 
-    retriable: ClassVar[bool] = False
+    # Whether retrying the same request can succeed; per instance for ApiError (by status).
+    retriable: bool = False
+    # Set by the retry loop: an earlier attempt of this call may have been applied.
+    after_unknown_outcome: bool = False
     # Set on errors that end an upload: what was acknowledged before the failure.
     report: UploadReport | None = None
 
 
 class ValidationError(BatchAudienceError, ValueError):
-    """A record or argument broke a rule; raised before anything is sent."""
+    """A record or argument broke a rule; raised before anything is sent.
+
+    Raised by an upload part-way, it carries ``.acknowledged`` (every record before that
+    stream position was acknowledged: resume there) and ``.report``; chunks that were in
+    flight and failed meanwhile are in ``.errors`` (the first is also ``__cause__``, and the
+    message names it), so an API failure is never hidden behind a bad record.
+    """
+
+    # API errors of chunks that failed in flight before this was raised, in stream order.
+    errors: tuple[Exception, ...] = ()
 
     def __init__(
         self,
@@ -107,6 +126,12 @@ class ValidationError(BatchAudienceError, ValueError):
         tail = ""
         if self.acknowledged is not None:
             tail = f" ({self.acknowledged} earlier records were acknowledged by the server)"
+        if self.errors:
+            n = len(self.errors)
+            tail += (
+                f"; {n} chunk{'' if n == 1 else 's'} sent before it failed in flight, "
+                f"the first with {self.errors[0]} (see .errors)"
+            )
         return f"{where}{self.rule}{tail}"
 
     def __reduce__(self) -> Any:
@@ -139,10 +164,21 @@ class ClientClosedError(BatchAudienceError, RuntimeError):
 class TransportError(BatchAudienceError):
     """No usable response was received (connection failure, timeout, broken body)."""
 
-    retriable: ClassVar[bool] = True
+    retriable: bool = True
 
-    def __init__(self, message: str, *, method: str = "", url: str = "", cause: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str = "",
+        url: str = "",
+        cause: str = "",
+        request_sent: bool = True,
+    ) -> None:
         self.method = method
+        # False only when the request provably never reached the server (connecting failed),
+        # so it cannot have been applied; otherwise the outcome is unknown.
+        self.request_sent = request_sent
         # Always the redacted URL: this text is meant for people and logs.
         self.url = url
         # The type name of the underlying exception, kept without its text (which may hold a key).
@@ -194,6 +230,7 @@ class ApiError(BatchAudienceError):
         self.body = body
         self.method = method
         self.url = url
+        self.retriable = status in RETRIABLE_STATUSES
         super().__init__(status, error_code, message)
 
     def __str__(self) -> str:
@@ -339,7 +376,7 @@ class NotFoundError(ApiError, status=404):
 class RateLimitError(ApiError, status=429):
     """HTTP 429: too many requests; ``retry_after`` holds the server's wait, if it gave one."""
 
-    retriable: ClassVar[bool] = True
+    retriable: bool = True
 
     def __init__(
         self, status: int = 429, *, retry_after: float | None = None, **kwargs: Any
@@ -349,15 +386,15 @@ class RateLimitError(ApiError, status=429):
 
 
 class ServerError(ApiError, status=500):
-    """HTTP 5xx other than 503: the server failed."""
+    """HTTP 5xx other than 503: the server failed; only 500, 502 and 504 are retried."""
 
-    retriable: ClassVar[bool] = True
+    retriable: bool = True  # for 500, 502 and 504; False on instances of other statuses
 
 
 class MaintenanceError(ApiError, status=503):
     """HTTP 503: Batch is under maintenance; try later."""
 
-    retriable: ClassVar[bool] = True
+    retriable: bool = True
 
 
 class IndexingTimeout(BatchAudienceError, TimeoutError):

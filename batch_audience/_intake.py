@@ -22,11 +22,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from itertools import islice
-from math import isfinite
 from typing import Any, Final
 
+import attrs
 import orjson
 
+from ._exceptions import ValidationError
 from ._models import Record
 from ._validate import (
     _DATE,
@@ -34,7 +35,6 @@ from ._validate import (
     _INT_MIN,
     _PLAIN,
     _PLAIN_URL,
-    _URL,
     MAX_ATTRIBUTES,
     MAX_STRING_LENGTH,
     MAX_TAG_LENGTH,
@@ -48,82 +48,167 @@ from ._validate import (
 
 __all__ = ["Intake"]
 
-_Checker = Callable[[dict[Any, Any]], bool]
-# Key sets and tags judged per upload; an odd stream with ever-new keys or tags clears them
+_Encoder = Callable[[Any], "dict[str, Any] | None"]
+# Record shapes compiled per upload; an odd stream with ever-new key sets or tags clears them
 # past these bounds, so memory stays flat.
 _PLANS_MAX: Final = 256
 _TAGS_MAX: Final = 4096
 
 # The checks of one value, by key kind. ``v`` is the value; each snippet falls through when the
-# value is one EntryEncoder sends exactly as given, and returns False otherwise (the record then
+# value is one EntryEncoder sends exactly as given, and returns None otherwise (the record then
 # goes to EntryEncoder, which converts it or names the broken rule).
-_PLAIN_CHECK: Final = """\
-    t = type(v)
+# A plain value's checks, one branch per type; the branch of the type the first record of the
+# shape had goes first (one key nearly always holds one type). ``v - v`` is 0.0 exactly for a
+# finite float, NaN (truthy) for NaN and the infinities: cheaper than a call to isfinite.
+_PLAIN_BRANCHES: Final = {
+    str: f"""\
     if t is str:
-        if len(v) > {max_str} or not (v.isascii() or is_utf8(v)):
-            return False
-    elif t is int:
-        if not {int_min} <= v <= {int_max}:
-            return False
-    elif t is float:
-        if not isfinite(v):
-            return False
-    else:
-        return False
-"""
+        if len(v) > {MAX_STRING_LENGTH} or not (v.isascii() or is_utf8(v)):
+            return None
+""",
+    int: f"""\
+    if t is int:
+        if not {_INT_MIN} <= v <= {_INT_MAX}:
+            return None
+""",
+    float: """\
+    if t is float:
+        if v - v:
+            return None
+""",
+}
+
+
+def _plain_check(first: type) -> str:
+    order = sorted(_PLAIN_BRANCHES, key=lambda kind: kind is not first)
+    branches = [_PLAIN_BRANCHES[kind] for kind in order]
+    # The first branch opens with "if", the others with "elif".
+    code = "    t = type(v)\n" + branches[0] + "".join("    el" + b[4:] for b in branches[1:])
+    return code + "    else:\n        return None\n"
+
+
 _DATE_CHECK: Final = """\
     if type(v) is not str or not (v.isascii() or is_utf8(v)):
-        return False
+        return None
     try:
         fromisoformat(v)
     except ValueError:
-        return False
+        return None
 """
 _URL_CHECK: Final = """\
     if type(v) is not str or len(v) > {max_url} or plain_url(v) is None:
-        return False
+        return None
 """
 
 
-def _compile(keys: tuple[str, ...]) -> _Checker | None:
-    """A checker of the values of an attributes dict with exactly these keys; None if a key is bad.
+@attrs.frozen
+class _Shape:
+    """What a record's fast path depends on: where its parts are and which attribute keys."""
 
-    A bad key (or more than 15 keys) gets no checker: such records take the slow path, which
-    raises the rule they break.
-    """
-    if len(keys) > MAX_ATTRIBUTES:
-        return None
-    lines = ["def check(a):"]
-    for key in keys:
-        if type(key) is not str:
+    mapping: bool  # a dict record (parts by key) or a Record (parts by attribute)
+    attributes: tuple[str, ...] | None  # the attribute keys, None when there are none
+    tags: bool
+    # The type of each value in the record the shape was read from: not part of the shape.
+    types: dict[str, type] = attrs.field(eq=False, hash=False, factory=dict)
+
+
+def _shape(item: Any) -> _Shape | None:
+    """The shape of a dict or Record, or None when only EntryEncoder can take it."""
+    if type(item) is dict:
+        if "id" not in item or not {"id", "attributes", "tags"}.issuperset(item):
+            return None
+        attributes, tags, mapping = item.get("attributes"), item.get("tags"), True
+        # A None part is "none" to EntryEncoder but still a key here: leave it to EntryEncoder.
+        if len(item) != 1 + (attributes is not None) + (tags is not None):
+            return None
+    else:
+        attributes, tags, mapping = item.attributes, item.tags, False
+    if attributes is not None:
+        if type(attributes) is not dict or len(attributes) > MAX_ATTRIBUTES:
+            return None
+        if not all(type(key) is str for key in attributes):
             return None
         try:
-            kind = _learn_key(key)[0]
-        except Exception:
+            for key in attributes:
+                _learn_key(key)
+        except ValidationError:
             return None
-        # repr() of a key that matched [a-z0-9_()] is a plain quoted literal: safe to exec.
-        lines.append(f"    v = a[{key!r}]")
-        if kind == _PLAIN:
-            lines.append(
-                _PLAIN_CHECK.format(
-                    max_str=MAX_STRING_LENGTH, int_min=_INT_MIN, int_max=_INT_MAX
-                ).rstrip("\n")
-            )
-        elif kind == _DATE:
-            lines.append(_DATE_CHECK.rstrip("\n"))
-        else:
-            assert kind == _URL
-            lines.append(_URL_CHECK.format(max_url=MAX_URL_LENGTH).rstrip("\n"))
-    lines.append("    return True")
+    if tags is not None and type(tags) is not list:
+        return None
+    if attributes is None:
+        return _Shape(mapping, None, tags is not None)
+    types = {key: type(value) for key, value in attributes.items()}
+    return _Shape(mapping, tuple(attributes), tags is not None, types)
+
+
+def _compile(
+    shape: _Shape, action: str | None, good_tags: set[str], learn_tag: Callable[[Any], bool]
+) -> _Encoder:
+    """The fast path of records of one shape: their entry, or None to go to EntryEncoder.
+
+    It raises KeyError (or AttributeError) when a record is not of this shape: the caller
+    then finds the record's own shape. The attribute keys are judged here, once; the
+    generated code looks only at the values, unrolled.
+    """
+
+    def get(part: str) -> str:
+        return f"r[{part!r}]" if shape.mapping else f"r.{part}"
+
+    parts = 1 + (shape.attributes is not None) + shape.tags
+    lines = ["def encode(r):"]
+    if shape.mapping:
+        lines.append(f"    if len(r) != {parts}:\n        raise KeyError")
+    lines.append(f"    rid = {get('id')}")
+    lines.append("    if type(rid) is not str or not rid or not (rid.isascii() or is_utf8(rid)):")
+    lines.append("        return None")
+    head = "{'id': rid}" if action is None else f"{{'action': {action!r}, 'id': rid}}"
+    entry = [head[:-1]]
+    if shape.attributes is None:
+        if not shape.mapping:
+            lines.append("    if r.attributes is not None:\n        raise KeyError")
+    else:
+        keys = shape.attributes
+        lines.append(f"    a = {get('attributes')}")
+        lines.append(
+            f"    if type(a) is not dict or len(a) != {len(keys)}:\n        raise KeyError"
+        )
+        for key in keys:
+            kind = _learn_key(key)[0]
+            # repr() of a key that matched the key rule is a plain quoted literal: safe to exec.
+            lines.append(f"    v = a[{key!r}]")
+            if kind == _PLAIN:
+                check = _plain_check(shape.types[key])
+            elif kind == _DATE:
+                check = _DATE_CHECK
+            else:
+                check = _URL_CHECK.format(max_url=MAX_URL_LENGTH)
+            lines.append(check.rstrip("\n"))
+        entry.append("'attributes': a.copy()")
+    if not shape.tags:
+        if not shape.mapping:
+            lines.append("    if r.tags is not None:\n        raise KeyError")
+    else:
+        lines.append(f"    t = {get('tags')}")
+        lines.append("    if type(t) is not list:\n        return None")
+        lines.append("    for g in t:")
+        lines.append("        if g not in good_tags and not learn_tag(g):")
+        lines.append("            return None")
+        entry.append("'tags': t.copy()")
+    lines.append(f"    return {', '.join(entry)}}}")
     namespace: dict[str, Any] = {
-        "isfinite": isfinite,
         "is_utf8": _is_utf8,
         "fromisoformat": datetime.fromisoformat,
         "plain_url": _PLAIN_URL.match,
+        "good_tags": good_tags,
+        "learn_tag": learn_tag,
     }
     exec("\n".join(lines), namespace)
-    checker: _Checker = namespace["check"]
-    return checker
+    encode: _Encoder = namespace["encode"]
+    return encode
+
+
+def _unknown_shape(item: Any) -> dict[str, Any] | None:
+    raise KeyError
 
 
 class Intake:
@@ -132,9 +217,9 @@ class Intake:
     __slots__ = (
         "_action",
         "_attributes_ok",
-        "_checker",
-        "_keys",
+        "_dict",
         "_plans",
+        "_record",
         "_slow",
         "_tags",
         "_tags_ok",
@@ -149,10 +234,11 @@ class Intake:
         self._action: str | None = None if operation == "replace" else operation
         self._attributes_ok = generation != "1.0" and operation != "remove"
         self._tags_ok = generation == "1.1" and operation != "remove"
-        # The last key set seen and its checker: the common case is one comparison away.
-        self._keys: Any = None
-        self._checker: _Checker | None = None
-        self._plans: dict[frozenset[Any], _Checker | None] = {}
+        # The fast path of the last shape seen, for dict records and for Records: the common
+        # case is one call away.
+        self._dict: _Encoder = _unknown_shape
+        self._record: _Encoder = _unknown_shape
+        self._plans: dict[_Shape, _Encoder] = {}
         self._tags: set[str] = set()
 
     def __repr__(self) -> str:
@@ -160,10 +246,24 @@ class Intake:
 
     def encode(self, item: object, position: int) -> tuple[str, bytes]:
         """One record's ID and wire entry as JSON; raise ValidationError on a broken rule."""
-        ids: set[str] = set()
-        count, body = self.take(iter((item,)), 1, position, ids)
-        assert count == 1
-        return ids.pop(), bytes(body)
+        kind = type(item)
+        entry: dict[str, Any] | None = None
+        if kind is dict or kind is Record:
+            try:
+                entry = (self._dict if kind is dict else self._record)(item)
+            except KeyError:
+                entry = self._reshape(item)
+        elif kind is str and item and item.isascii():  # type: ignore[attr-defined]
+            action = self._action
+            entry = {"id": item} if action is None else {"action": action, "id": item}
+        if entry is None:
+            rid, entry = self._slow.encode(item, position)
+        else:
+            rid = entry["id"]
+        try:
+            return rid, orjson.dumps(entry)
+        except TypeError:  # str-subclass keys: see take()
+            return rid, orjson.dumps(entry, option=orjson.OPT_NON_STR_KEYS)
 
     def take(
         self, items: Iterator[Any], count: int, position: int, ids: set[str]
@@ -178,63 +278,36 @@ class Intake:
         append = entries.append
         add = ids.add
         action = self._action
-        attributes_ok = self._attributes_ok
-        tags_ok = self._tags_ok
-        good_tags = self._tags
-        at = position
-        rid: Any
+        fast_dict = self._dict
+        entry: dict[str, Any] | None
         for item in islice(items, count):
             kind = type(item)
-            if kind is str:
+            if kind is dict:
+                try:
+                    entry = fast_dict(item)
+                except KeyError:
+                    entry = self._reshape(item)
+                    fast_dict = self._dict
+            elif kind is str:
                 if item and item.isascii():
                     add(item)
                     append({"id": item} if action is None else {"action": action, "id": item})
-                    at += 1
                     continue
-                rid = None
-            elif kind is dict:
-                rid = item.get("id")
-                attributes = item.get("attributes")
-                tags = item.get("tags")
-                # Any key besides these three is an error: the count says whether one is there.
-                if len(item) != 1 + (attributes is not None) + (tags is not None):
-                    rid = None
+                entry = None
             elif kind is Record:
-                rid = item.id
-                attributes = item.attributes
-                tags = item.tags
+                try:
+                    entry = self._record(item)
+                except KeyError:
+                    entry = self._reshape(item)
             else:
-                rid = None
-            entry: dict[str, Any] | None = None
-            if type(rid) is str and rid and rid.isascii():
-                entry = {"id": rid} if action is None else {"action": action, "id": rid}
-                if attributes is not None:
-                    if not attributes_ok or type(attributes) is not dict:
-                        entry = None
-                    else:
-                        if attributes.keys() != self._keys:
-                            self._plan(attributes)
-                        checker = self._checker
-                        if checker is not None and checker(attributes):
-                            entry["attributes"] = attributes.copy()
-                        else:
-                            entry = None
-                if tags is not None and entry is not None:
-                    if not tags_ok or type(tags) is not list:
-                        entry = None
-                    else:
-                        for tag in tags:
-                            if tag not in good_tags and not self._learn_tag(tag):
-                                entry = None
-                                break
-                        else:
-                            entry["tags"] = tags.copy()
+                entry = None
             if entry is None:
                 # Everything else, and every broken rule: the authoritative encoder decides.
-                rid, entry = self._slow.encode(item, at)
-            add(rid)  # a str here: the fast path checked it, or the encoder returned it
+                rid, entry = self._slow.encode(item, position + len(entries))
+                add(rid)
+            else:
+                add(entry["id"])
             append(entry)
-            at += 1
         if not entries:
             return 0, b""
         # One orjson call for the step: per-entry calls cost 3-4x more. Keep what is between
@@ -243,23 +316,32 @@ class Intake:
             body = orjson.dumps(entries)
         except TypeError:
             # A key set matched by equality can hold str subclasses (StrEnum keys) that the
-            # checker's plain keys equal: written as the plain str they stand for, as
+            # compiled plain keys equal: written as the plain str they stand for, as
             # EntryEncoder would.
             body = orjson.dumps(entries, option=orjson.OPT_NON_STR_KEYS)
         return len(entries), memoryview(body)[1:-1]
 
-    def _plan(self, attributes: dict[Any, Any]) -> None:
-        """Make the checker of this key set current, compiling it the first time it is seen."""
-        keys = frozenset(attributes)
+    def _reshape(self, item: Any) -> dict[str, Any] | None:
+        """Make the fast path of this record's shape current (compiled the first time); run it."""
+        shape = _shape(item)
+        if shape is None or (shape.attributes is not None and not self._attributes_ok):
+            return None
+        if shape.tags and not self._tags_ok:
+            return None
         plans = self._plans
-        if keys in plans:
-            checker = plans[keys]
-        else:
+        encode = plans.get(shape)
+        if encode is None:
             if len(plans) >= _PLANS_MAX:
                 plans.clear()
-            checker = plans[keys] = _compile(tuple(attributes))
-        self._keys = keys
-        self._checker = checker
+            encode = plans[shape] = _compile(shape, self._action, self._tags, self._learn_tag)
+        if shape.mapping:
+            self._dict = encode
+        else:
+            self._record = encode
+        try:
+            return encode(item)
+        except KeyError:  # pragma: no cover - the shape was just read from this record
+            return None
 
     def _learn_tag(self, tag: object) -> bool:
         """Whether ``tag`` is sent as given (remembered if so); False sends the record slow."""

@@ -8,9 +8,10 @@ deadline bounds the whole wait.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
@@ -24,6 +25,10 @@ from ._tracing import span
 __all__ = ["wait_applied"]
 
 StateMap = dict[str, IndexingState | str]
+
+# Seconds a poll sent at (or just before) the deadline has to answer, at most: without it the
+# last poll, the one at the deadline, would have no time at all.
+LAST_POLL_TIME: Final = 5.0
 
 
 def _state_of(data: object) -> IndexingState | str:
@@ -54,10 +59,14 @@ async def wait_applied(
     rand: Callable[[], float],
     timeout: float | None = None,
     interval: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> StateMap:
     """Poll view for each token until all are APPLIED or REPLACED; return the final states.
 
-    Raises IndexingTimeout, carrying the last known state of every token, at the deadline.
+    The last poll is sent at the deadline: a wait shorter than the next interval is cut to end
+    there. Any state other than APPLIED and REPLACED (IN_PROGRESS, IN_PROCESS, unknown ones)
+    counts as not finished. Raises IndexingTimeout, carrying the last known state of every
+    token, when that poll still finds some unfinished (or when a poll cannot answer in time).
     """
     pending = _tokens(tokens)
     if timeout is not None:
@@ -67,12 +76,14 @@ async def wait_applied(
         policy = attrs.evolve(policy, initial=interval, factor=1.0, max_interval=interval)
     routes = {token: endpoints.view(name, token) for token in pending}
     states: StateMap = {token: IndexingState.IN_PROGRESS for token in pending}
-    deadline = time.monotonic() + policy.timeout
+    deadline = clock() + policy.timeout
+    # A poll near the deadline still gets this long to answer.
+    floor = min(LAST_POLL_TIME, policy.timeout)
     poll = 0
+    last = False
 
-    async def check(token: str) -> None:
-        remaining = max(0.001, deadline - time.monotonic())
-        retry = attrs.evolve(session.retry, deadline=remaining)
+    async def check(token: str, budget: float) -> None:
+        retry = attrs.evolve(session.retry, deadline=budget)
         response = await session.send(routes[token], retry=retry)
         states[token] = _state_of(response.data)
 
@@ -83,14 +94,12 @@ async def wait_applied(
 
     while pending:
         poll += 1
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise timed_out()
-        round_timeout = asyncio.timeout(remaining)
+        budget = max(floor, deadline - clock())
+        round_timeout = asyncio.timeout(budget)
         try:
             with span("batch_audience.poll", {"batch_audience.tokens": len(pending)}):
                 async with round_timeout:
-                    await _all(check, pending)
+                    await _all(functools.partial(check, budget=budget), pending)
         except TimeoutError:
             if round_timeout.expired():
                 raise timed_out() from None
@@ -98,11 +107,16 @@ async def wait_applied(
         pending = [t for t in pending if states[t] not in DONE_STATES]
         if not pending:
             break
+        remaining = deadline - clock()
+        if last or remaining <= 0:
+            raise timed_out()
         delay = policy.interval(poll)
         if policy.jitter:
             delay *= 0.5 + rand() / 2
-        if time.monotonic() + delay > deadline:
-            raise timed_out()
+        if delay >= remaining:
+            # One more poll, at the deadline itself, rather than giving up before it.
+            delay = remaining
+            last = True
         await session.wait(delay)
     return states
 

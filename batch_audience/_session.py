@@ -30,10 +30,11 @@ from ._exceptions import (
     ConnectError,
     RequestTimeout,
     TransportError,
+    ValidationError,
 )
 from ._redact import redact_url, scrub
 
-__all__ = ["Response", "Session", "SleepFn", "parse_retry_after"]
+__all__ = ["Response", "Session", "SleepFn", "outcome_unknown", "parse_retry_after"]
 
 logger = logging.getLogger("batch_audience")
 
@@ -80,6 +81,46 @@ def parse_retry_after(
     return max(0.0, (when - current).total_seconds())
 
 
+def outcome_unknown(error: BatchAudienceError) -> bool:
+    """Whether a failed attempt may still have been applied (spec §7): a 5xx, or no answer
+    to a request that was sent (a timeout, a connection dropped mid-exchange, a broken body)."""
+    if isinstance(error, TransportError):
+        return error.request_sent
+    if isinstance(error, ApiError):
+        return 500 <= error.status < 600
+    return False
+
+
+# Credential headers a caller's session could add beside the library's own.
+_CREDENTIAL_HEADERS: Final = ("Authorization", "X-Authorization", "X-Batch-Project")
+
+
+def _check_callers_session(session: aiohttp.ClientSession, headers: Mapping[str, str]) -> None:
+    """Refuse session defaults that would send another credential with every request."""
+    # aiohttp adds a session's default auth to each request that brings none; beside the 2.x
+    # Authorization header it raises a plain ValueError, and for 1.x it would send the
+    # caller's credentials to Batch. A per-request override does not exist (auth= is
+    # deprecated), so such a session is refused up front.
+    if session.auth is not None:
+        raise ValidationError(
+            "the aiohttp session passed in has a default auth; pass a session without one "
+            "(the client sends its own keys)"
+        )
+    ours = {name.lower() for name in headers}
+    extra = [
+        name for name in _CREDENTIAL_HEADERS if name in session.headers and name.lower() not in ours
+    ]
+    if extra:
+        raise ValidationError(
+            f"the aiohttp session passed in sends {', '.join(extra)} by default, which would "
+            "go to Batch beside the client's own keys; pass a session without it"
+        )
+
+
+def _deadline_note(attempts: int, policy: RetryPolicy) -> str:
+    return f"gave up after {attempts} attempts: the call's deadline of {policy.deadline:g} s passed"
+
+
 def is_loopback(url: str) -> bool:
     """Whether the URL's host is this machine (127.0.0.0/8, ::1 or localhost)."""
     try:
@@ -111,7 +152,10 @@ class Session:
         rand: Callable[[], float] | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         ssl: Any = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if session is not None:
+            _check_callers_session(session, headers)
         self.base_url = base_url.rstrip("/")
         self._headers = dict(headers)
         self._secrets = secrets
@@ -122,6 +166,7 @@ class Session:
         self._owns_session = session is None
         self._sleep: SleepFn = sleep if sleep is not None else asyncio.sleep
         self._rand = rand if rand is not None else random.random
+        self._clock = clock
         self._max_response_bytes = max_response_bytes
         self._ssl = ssl
         self._semaphore = asyncio.Semaphore(limits.max_in_flight)
@@ -173,17 +218,34 @@ class Session:
         retry: RetryPolicy | None = None,
         on_retry: RetryHook | None = None,
     ) -> Response:
-        """Send a route, retrying retriable failures per the policy; return the 2xx answer."""
+        """Send a route, retrying retriable failures per the policy; return the 2xx answer.
+
+        The policy's deadline bounds the whole call: each attempt's timeout is cut to the
+        time left, and no attempt starts without time left. An error raised after an attempt
+        whose outcome is unknown carries ``after_unknown_outcome=True``.
+        """
         policy = retry or self.retry
-        started = time.monotonic()
+        clock = self._clock
+        deadline = None if policy.deadline is None else clock() + policy.deadline
         attempt = 0
+        # Whether an earlier attempt may have been applied although it failed.
+        unknown = False
+        last: BatchAudienceError | None = None
         while True:
             attempt += 1
+            answer: tuple[int, Any] | None = None
             try:
-                async with self._semaphore:
-                    status, data = await self._send_once(route)
-                return Response(status, data, attempt)
+                if await self._acquire(deadline):
+                    try:
+                        timeout = self._attempt_timeout(deadline, policy)
+                        if timeout is not None:
+                            answer = await self._send_once(route, *timeout)
+                    finally:
+                        self._semaphore.release()
             except BatchAudienceError as exc:
+                exc.after_unknown_outcome = unknown
+                unknown = unknown or outcome_unknown(exc)
+                last = exc
                 if not exc.retriable:
                     raise
                 if attempt >= policy.max_attempts:
@@ -197,14 +259,15 @@ class Session:
                         f"more than max_retry_after={policy.max_retry_after:g} s"
                     )
                     raise
-                if (
-                    policy.deadline is not None
-                    and time.monotonic() - started + delay > policy.deadline
-                ):
-                    exc.add_note(
-                        f"gave up after {attempt} attempts: waiting {delay:.2f} s more would pass "
-                        f"the call's deadline of {policy.deadline:g} s"
-                    )
+                # ">=": a retry that would start with no time left could do nothing.
+                if deadline is not None and clock() + delay >= deadline:
+                    if clock() >= deadline:
+                        exc.add_note(_deadline_note(attempt, policy))
+                    else:
+                        exc.add_note(
+                            f"gave up after {attempt} attempts: waiting {delay:.2f} s more "
+                            f"would pass the call's deadline of {policy.deadline:g} s"
+                        )
                     raise
                 logger.info(
                     "retry %s %s in %.3f s after attempt %d: %s",
@@ -225,8 +288,57 @@ class Session:
                 if on_retry is not None:
                     on_retry(exc, delay)
                 await self._sleep(delay)
+                continue
+            if answer is not None:
+                return Response(answer[0], answer[1], attempt)
+            # No time was left when this attempt's turn came (a wait for a slot, or a sleep
+            # that overran): the last real failure is what the caller sees, when there is one.
+            if last is not None:
+                last.add_note(_deadline_note(attempt - 1, policy))
+                raise last
+            raise RequestTimeout(
+                f"the call's deadline of {policy.deadline:g} s passed before the request "
+                "could be sent",
+                method=route.method,
+                url=redact_url(route.path),
+                request_sent=False,
+            )
 
-    async def _send_once(self, route: ApiRoute) -> tuple[int, Any]:
+    async def _acquire(self, deadline: float | None) -> bool:
+        """Take a slot among the requests in flight; False if the deadline passed first."""
+        if deadline is None:
+            await self._semaphore.acquire()
+            return True
+        try:
+            async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                await self._semaphore.acquire()
+        except TimeoutError:
+            return False
+        return True
+
+    def _attempt_timeout(
+        self, deadline: float | None, policy: RetryPolicy
+    ) -> tuple[aiohttp.ClientTimeout, float | None] | None:
+        """This attempt's timeout, cut to the time left before ``deadline``; None if none is.
+
+        The second item is the call's deadline in seconds when it cut the timeout (for the
+        error message), else None.
+        """
+        base = self._timeout
+        if deadline is None:
+            return base, None
+        left = deadline - self._clock()
+        if left <= 0:
+            return None
+        if base.total is not None and base.total <= left:
+            return base, None
+        connect = base.connect if base.connect is None else min(base.connect, left)
+        return aiohttp.ClientTimeout(total=left, connect=connect), policy.deadline
+
+    async def _send_once(
+        self, route: ApiRoute, timeout: aiohttp.ClientTimeout, deadline: float | None
+    ) -> tuple[int, Any]:
+        """One attempt; ``deadline`` (seconds) is set when the call's deadline cut its timeout."""
         http = self._http()
         url = self.base_url + route.path
         shown = redact_url(route.path)
@@ -242,18 +354,31 @@ class Session:
                 params=route.query,
                 data=route.body,
                 headers=self._headers,
-                timeout=self._timeout,
+                timeout=timeout,
                 ssl=self._ssl,
                 allow_redirects=False,
+                # A caller's session may default to raising on 4xx/5xx or to leaving bodies
+                # compressed: this library reads every status and body itself. (Bodies are
+                # bytes already, so a session's json_serialize never applies.)
+                raise_for_status=False,
+                auto_decompress=True,
             ) as resp:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
                 raw = await self._read_body(resp, route, shown)
         except BatchAudienceError:
             raise
-        except TimeoutError:
+        except TimeoutError as exc:
+            message = "the request timed out"
+            if deadline is not None:
+                message = f"the call's deadline of {deadline:g} s passed during the request"
             failure = RequestTimeout(
-                "the request timed out", method=route.method, url=shown, cause="TimeoutError"
+                message,
+                method=route.method,
+                url=shown,
+                cause=type(exc).__name__,
+                # A timeout while connecting: nothing was sent, so nothing can have landed.
+                request_sent=not isinstance(exc, aiohttp.ConnectionTimeoutError),
             )
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as exc:
             failure = ConnectError(
@@ -261,6 +386,8 @@ class Session:
                 method=route.method,
                 url=shown,
                 cause=type(exc).__name__,
+                # ClientConnectorError: no connection, so the request never left.
+                request_sent=not isinstance(exc, aiohttp.ClientConnectorError),
             )
         except aiohttp.ClientError as exc:
             failure = TransportError(

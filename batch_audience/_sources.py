@@ -41,9 +41,12 @@ other columns or keys are ignored, so the same file serves for adding and for re
 The readers parse; the upload's validator then checks each record (15 attributes, key rule,
 value types...), and ``SourceError.wrap`` turns its error into one that names the line.
 A reader is a plain iterable: uploads pull it on the event loop's thread, which for a local
-file costs a few microseconds per 8 KiB read from the page cache. For an input whose reads can
-wait (stdin, a pipe), ``reader.threaded()`` reads and parses a batch of records at a time in
-a worker thread instead, so the event loop stays free (the CLI does this for stdin).
+file costs a few microseconds per 8 KiB read from the page cache. Skipping the records an
+earlier run sent (``skip=``) is another matter: millions of lines in one go, so a resumed
+upload first runs ``await reader.skip_in_thread()``. For an input whose reads can wait (stdin,
+a pipe), ``reader.threaded()`` reads and parses in a daemon thread instead and hands over what
+has arrived, so the event loop stays free and a record written by a slow producer reaches
+the upload at once (the CLI does this for stdin).
 """
 
 from __future__ import annotations
@@ -54,9 +57,9 @@ import json
 import math
 import re
 import sys
+import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from datetime import datetime
-from itertools import islice
 from typing import IO, Any, Final, Literal, TypeAlias
 
 import orjson
@@ -68,6 +71,7 @@ __all__ = [
     "FORMATS",
     "CsvReader",
     "Format",
+    "Interrupted",
     "NdjsonReader",
     "RecordReader",
     "SourceError",
@@ -79,9 +83,13 @@ Format = Literal["csv", "ndjson"]
 FORMATS: Final[tuple[Format, ...]] = ("csv", "ndjson")
 _EXTENSIONS: Final[dict[str, Format]] = {".csv": "csv", ".ndjson": "ndjson", ".jsonl": "ndjson"}
 STDIN: Final = "-"
-# Records parsed per hop to the worker thread when read with ``async for``: ~1-5 ms of work,
-# enough to make the hop's cost (~50 us) negligible, short enough to keep memory flat.
+# Records parsed, at most, per hand-over from the reading thread when read with ``async for``:
+# ~1-5 ms of work, enough to make the hop's cost (~50 us) negligible, short enough to keep
+# memory flat. Fewer go whenever the input has nothing more to read yet.
 DEFAULT_BATCH: Final = 1_000
+_AHEAD: Final = 4  # batches the reading thread may parse ahead of the upload
+_READ_SIZE: Final = 1 << 16  # bytes asked for per read of a stream (stdin, a pipe)
+_STOP_EVERY: Final = 4_096  # records skipped between two looks at the stop flag
 _BOM: Final = b"\xef\xbb\xbf"
 _KEY: Final = re.compile(r"[a-z0-9_]{1,30}")
 _WIRE_KEY: Final = re.compile(r"(date|url)\(([a-z0-9_]{1,30})\)")
@@ -101,6 +109,10 @@ def guess_format(path: str) -> Format | None:
         if lowered.endswith(extension):
             return fmt
     return None
+
+
+class Interrupted(Exception):
+    """Work in a thread saw its stop flag: whoever waited for it was cancelled (Ctrl-C)."""
 
 
 class SourceError(ValidationError):
@@ -182,6 +194,8 @@ def _rebuild(
 
 # One parsed record and the line it starts on.
 _Item: TypeAlias = tuple[object, int]
+# What _items yields once the header is read and the skipped records are passed.
+_SKIPPED: Final[_Item] = (object(), 0)
 
 
 class RecordReader:
@@ -216,6 +230,7 @@ class RecordReader:
         self._in_records = True
         self._closer = closer
         self._started = False
+        self._source: Iterator[_Item] | None = None  # set once skip_now has run
 
     # -- the line source -------------------------------------------------------------------
 
@@ -253,9 +268,44 @@ class RecordReader:
 
     # -- iteration -------------------------------------------------------------------------
 
-    def _items(self) -> Iterator[_Item]:
-        """(record, first line) pairs, after the skipped records; subclasses parse."""
+    def _items(self, stop: threading.Event | None) -> Iterator[_Item]:
+        """_SKIPPED once past the header and the skipped records, then (record, first line)
+        pairs; subclasses parse. The skip looks at ``stop`` now and then (Interrupted)."""
         raise NotImplementedError
+
+    def skip_now(self, stop: threading.Event | None = None) -> None:
+        """Read the header and pass the first ``skip`` records now; blocking, for a thread.
+
+        Resuming after millions of records takes a second or more: ``skip_in_thread`` runs
+        this off the event loop. Iteration then starts with the first record not skipped.
+
+        Raises:
+            SourceError: the header is bad.
+            Interrupted: ``stop`` was set before the skip ended.
+        """
+        if not self._started:
+            self._skip(stop)
+
+    def _skip(self, stop: threading.Event | None) -> None:
+        if self._source is not None:
+            return
+        self._parsed = self.skip
+        items = self._items(stop)
+        # None: the input ended within the skipped records.
+        self._source = items if next(items, None) is not None else iter(())
+
+    async def skip_in_thread(self) -> None:
+        """``skip_now`` in a worker thread; a cancellation stops it soon."""
+        if self._started or self._source is not None:
+            return
+        stop = threading.Event()
+        # The garbage collector is left as the process's owner set it (a library never changes
+        # interpreter-wide state): the skipped rows are garbage at once, so collections of
+        # them stay young and short.
+        try:
+            await asyncio.to_thread(self.skip_now, stop)
+        finally:
+            stop.set()
 
     def _claim(self) -> Iterator[_Item]:
         if self._started:
@@ -265,8 +315,10 @@ class RecordReader:
         return self._counted()
 
     def _counted(self) -> Iterator[_Item]:
+        self._skip(None)
+        assert self._source is not None
         self._parsed = self.skip
-        for item in self._items():
+        for item in self._source:
             yield item
             self._parsed += 1
 
@@ -277,26 +329,31 @@ class RecordReader:
             yield record
 
     def threaded(self) -> AsyncIterable[object]:
-        """The records as an async iterable that reads and parses in a worker thread.
+        """The records as an async iterable that reads and parses in a daemon thread.
 
         For inputs whose reads can wait (stdin, a pipe, a network file system): the event loop
-        stays free meanwhile. A local file is faster read directly: a thread hop costs ~1 us
-        per record, a page-cache read a few microseconds per 8 KiB.
+        stays free meanwhile, each record is handed over as soon as the input had its line
+        (up to DEFAULT_BATCH at a time), and a read blocked on an idle pipe never holds up a
+        cancellation or the interpreter's exit. A local file is faster read directly: a thread
+        hop costs ~1 us per record, a page-cache read a few microseconds per 8 KiB.
         """
         return _Threaded(self)
 
     async def _aiter(self) -> AsyncIterator[object]:
-        items = self._claim()
-        while True:
-            batch, error = await asyncio.to_thread(_pull, items, DEFAULT_BATCH)
-            for record, line in batch:
-                self.line = line
-                self.count += 1
-                yield record
-            if error is not None:
-                raise error
-            if len(batch) < DEFAULT_BATCH:
-                return
+        feed = _Feed(asyncio.get_running_loop(), self._claim(), self._lines)
+        try:
+            while True:
+                batch, error, last = await feed.get()
+                for record, line in batch:
+                    self.line = line
+                    self.count += 1
+                    yield record
+                if error is not None:
+                    raise error
+                if last:
+                    return
+        finally:
+            feed.stop()
 
     def close(self) -> None:
         """Close the file this reader opened (stdin is never closed)."""
@@ -321,15 +378,106 @@ class _Threaded(AsyncIterable[object]):
         return self.reader._aiter()
 
 
-def _pull(items: Iterator[_Item], count: int) -> tuple[list[_Item], BaseException | None]:
-    """Up to ``count`` items, and the error that stopped the batch early, if any."""
-    batch: list[_Item] = []
-    try:
-        batch.extend(islice(items, count))
-    except Exception as exc:
-        # The records before the bad one still go out first, as with a plain iteration.
-        return batch, exc
-    return batch, None
+_Batch: TypeAlias = tuple[list[_Item], BaseException | None, bool]  # items, error, last
+
+
+class _Feed:
+    """Parses a reader's items in a daemon thread and hands them to the loop in batches.
+
+    A batch goes when it holds DEFAULT_BATCH items, or before a read that may wait (the input
+    has nothing more yet), so a slow producer's records are not held back. At most _AHEAD
+    batches wait for the loop (memory stays flat). The thread is a daemon and never joined:
+    a read blocked on an idle pipe cannot delay a cancellation or the exit. ``stop`` makes it
+    end at its next hand-over.
+    """
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, items: Iterator[_Item], lines: Iterable[bytes]
+    ) -> None:
+        self._loop = loop
+        self._items = items
+        self._queue: asyncio.Queue[_Batch] = asyncio.Queue()
+        self._room = threading.Semaphore(_AHEAD)
+        self._stopped = False
+        self._batch: list[_Item] = []
+        if isinstance(lines, _StreamLines):
+            lines.before_wait = self._flush
+        threading.Thread(target=self._run, name="batch_audience reader", daemon=True).start()
+
+    async def get(self) -> _Batch:
+        """The next batch; ``last`` is true for the final one."""
+        batch = await self._queue.get()
+        self._room.release()
+        return batch
+
+    def stop(self) -> None:
+        """Let the thread end at its next hand-over, even if it waits for room."""
+        self._stopped = True
+        self._room.release()
+
+    def _run(self) -> None:
+        error: BaseException | None = None
+        try:
+            for item in self._items:
+                self._batch.append(item)
+                if len(self._batch) >= DEFAULT_BATCH:
+                    self._flush()
+        except Interrupted:
+            return
+        except Exception as exc:
+            # The records before the bad one still go out first, as with a plain iteration.
+            error = exc
+        self._send(error, last=True)
+
+    def _flush(self) -> None:
+        if self._batch:
+            self._send(None, last=False)
+        if self._stopped:
+            raise Interrupted
+
+    def _send(self, error: BaseException | None, *, last: bool) -> None:
+        batch, self._batch = self._batch, []
+        self._room.acquire()
+        if self._stopped:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, (batch, error, last))
+        except RuntimeError:  # the loop is closed: nobody is reading any more
+            self._stopped = True
+
+
+class _StreamLines:
+    """The lines of a byte stream, read with reads that return what has arrived.
+
+    ``before_wait``, when set, is called before each read that may block: the reading thread
+    hands over what it has parsed so far (see _Feed).
+    """
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.before_wait: Callable[[], None] | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        # read1 (buffered) and a raw read both return what is there rather than wait for more.
+        read: Callable[[int], bytes | None] = getattr(self.stream, "read1", self.stream.read)
+        rest = b""
+        while True:
+            if self.before_wait is not None:
+                self.before_wait()
+            data = read(_READ_SIZE)
+            if not data:
+                if rest:
+                    yield rest
+                return
+            start = 0
+            while end := data.find(b"\n", start) + 1:
+                if rest:
+                    yield rest + data[start:end]
+                    rest = b""
+                else:
+                    yield data[start:end]
+                start = end
+            rest += data[start:]
 
 
 # -- CSV -------------------------------------------------------------------------------------
@@ -353,7 +501,7 @@ _KINDS: Final = {
 class CsvReader(RecordReader):
     """Records of a CSV stream with a header row (see the module docstring for the columns)."""
 
-    def _items(self) -> Iterator[_Item]:
+    def _items(self, stop: threading.Event | None) -> Iterator[_Item]:
         text_lines = (self._decode(raw) for raw in self._numbered())
         rows = csv.reader(text_lines, strict=True)
         self._in_records = False
@@ -372,6 +520,9 @@ class CsvReader(RecordReader):
                 return
             if row:
                 skipped += 1
+                if stop is not None and not skipped % _STOP_EVERY and stop.is_set():
+                    raise Interrupted
+        yield _SKIPPED
         ids_only = self.ids_only
         while True:
             start = self._physical + 1
@@ -516,7 +667,7 @@ _KEY_RULE: Final = "lowercase a-z, 0-9 and _, at most 30 characters"
 class NdjsonReader(RecordReader):
     """Records of an NDJSON stream: one JSON object (or bare ID string) per line."""
 
-    def _items(self) -> Iterator[_Item]:
+    def _items(self, stop: threading.Event | None) -> Iterator[_Item]:
         lines = self._numbered()
         skipped = 0
         if self.skip:
@@ -526,6 +677,11 @@ class NdjsonReader(RecordReader):
                     skipped += 1
                     if skipped == self.skip:
                         break
+                    if stop is not None and not skipped % _STOP_EVERY and stop.is_set():
+                        raise Interrupted
+            else:
+                return  # the input ended within the skipped records
+        yield _SKIPPED
         loads = orjson.loads
         ids_only = self.ids_only
         for raw in lines:
@@ -615,7 +771,11 @@ def open_records(
         raise ValidationError(f"format must be 'csv' or 'ndjson', got {format!r}")
     reader_class = CsvReader if format == "csv" else NdjsonReader
     if path == STDIN:
-        stream = stdin if stdin is not None else sys.stdin.buffer
-        return reader_class(stream, name="<stdin>", skip=skip, ids_only=ids_only)
+        # The process's stdin is read unbuffered, from its file descriptor: a daemon thread
+        # blocked in a buffered read holds the buffer's lock, and the interpreter aborts when
+        # it finds that lock taken at exit.
+        stream = stdin if stdin is not None else getattr(sys.stdin.buffer, "raw", sys.stdin.buffer)
+        lines = _StreamLines(stream)
+        return reader_class(lines, name="<stdin>", skip=skip, ids_only=ids_only)
     file = open(path, "rb")  # noqa: SIM115 -- the reader owns it and closes it
     return reader_class(file, name=path, skip=skip, ids_only=ids_only, closer=file.close)

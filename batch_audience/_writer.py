@@ -11,8 +11,16 @@ strictly one after the other keeps per-ID order across batches and across retrie
 bookkeeping (spec §8). The producer fills the next batch while the current one is in flight,
 which is enough to keep a 10,000-entry pipe busy (see benchmarks/writer.py).
 
-Per event the accumulator does one validation (EntryEncoder, the bulk uploads' rules), one
-orjson encode appended to the open batch's bytearray, and a few counters; every 128 events it
+A batch that fails for good does not hold the stream up (as in aiokafka, its entries go to
+the error path and the sender moves on), so later events for its IDs may land before the
+failed entries are resent. The only ID bookkeeping is for that case: a ledger of the IDs of
+failed entries still held by someone, with the position of the latest event accepted for
+each, which ``resend`` consults to skip entries a later event superseded. It costs one dict
+check per event while nothing has failed.
+
+Per event the accumulator does one pass of the bulk uploads' intake (``_intake``: the same
+rules, each key set judged once), whose JSON is appended to the open batch's bytearray, and a
+few counters; every 128 events it
 yields to the loop. Timers and wake-ups happen once per batch, never once per event, and an
 idle writer has no timer and a sender parked on an Event: it costs nothing.
 
@@ -25,23 +33,27 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
 import math
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, Self, final
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, Self, final
 
 import attrs
 import orjson
 
+from ._chunker import Chunk
 from ._exceptions import BatchAudienceError, ClientClosedError, ValidationError
+from ._intake import Intake
 from ._models import AttributeValue, Record
-from ._validate import MAX_ENTRIES, EntryEncoder, check_audience_name
+from ._sender import Sender
+from ._validate import MAX_ENTRIES, check_audience_name
 
 if TYPE_CHECKING:
-    from ._client import _BaseClient
+    from ._endpoints import Endpoints
     from ._session import Session
 
 __all__ = [
@@ -51,6 +63,7 @@ __all__ = [
     "DrainTimeout",
     "ErrorHandler",
     "FlushResult",
+    "ResendResult",
     "WriterEntry",
     "WriterError",
 ]
@@ -72,18 +85,88 @@ _MAX_TOKENS: Final = 1_000
 Action = Literal["add", "remove"]
 
 
+class _Ledger:
+    """Per writer: the position of the latest event accepted for each ID of a failed entry.
+
+    Only IDs of failed entries still alive somewhere are kept (``refs`` counts them), so a
+    consumer that drops failed entries for good does not grow the ledger: memory follows the
+    failed entries the caller holds, not the stream.
+    """
+
+    __slots__ = ("latest", "refs")
+
+    def __init__(self) -> None:
+        self.latest: dict[str, int] = {}
+        self.refs: dict[str, int] = {}
+
+    def superseded(self, uid: str, position: int) -> bool:
+        """True when an event for ``uid`` was accepted after ``position``."""
+        return self.latest.get(uid, position) > position
+
+    def release(self, ids: Sequence[str]) -> None:
+        """Forget one reference to each ID (its failed entry is gone)."""
+        refs = self.refs
+        for uid in ids:
+            left = refs[uid] - 1
+            if left:
+                refs[uid] = left
+            else:
+                del refs[uid]
+                del self.latest[uid]
+
+
+class _Failure:
+    """Shared by the entries of one failure: their ledger, released when the last entry dies."""
+
+    __slots__ = ("ids", "ledger")
+
+    def __init__(self, ledger: _Ledger, ids: tuple[str, ...]) -> None:
+        self.ledger = ledger
+        self.ids = ids
+
+    def __del__(self) -> None:
+        self.ledger.release(self.ids)
+
+    # A copied entry shares its origin; a pickled one (e.g. a dead-letter store) leaves it
+    # behind: another process cannot see this writer's later events.
+    def __copy__(self) -> _Failure:
+        return self
+
+    def __deepcopy__(self, _memo: object) -> _Failure:
+        return self
+
+    def __reduce__(self) -> tuple[Callable[[], None], tuple[()]]:
+        return _no_origin, ()
+
+
+def _no_origin() -> None:
+    return None
+
+
 @attrs.frozen(slots=True)
 class WriterEntry:
     """One entry the writer could not deliver: its action, ID, and attributes/tags in wire form.
 
     Wire form is what the API takes, and what ``add`` accepts again: ``datetime`` values are
-    already ``"date(key)": "…Z"``, ``Url`` values ``"url(key)": "…"``.
+    already ``"date(key)": "…Z"``, ``Url`` values ``"url(key)": "…"``. An entry from a writer
+    remembers its place in that writer's stream (not part of equality), which is how
+    ``resend`` knows whether a later event for the same ID superseded it.
     """
 
     action: Action
     id: str
     attributes: Mapping[str, Any] | None = None
     tags: Sequence[str] | None = None
+    _origin: _Failure | None = attrs.field(
+        default=None, eq=False, repr=False, kw_only=True, alias="_origin"
+    )
+    _position: int = attrs.field(default=-1, eq=False, repr=False, kw_only=True, alias="_position")
+
+    @property
+    def superseded(self) -> bool:
+        """True when the writer it came from accepted a later event for the same ID."""
+        origin = self._origin
+        return origin is not None and origin.ledger.superseded(self.id, self._position)
 
     @property
     def record(self) -> Record:
@@ -100,6 +183,16 @@ class FlushResult:
     tokens: tuple[str, ...] = ()  # their indexing tokens, oldest first (at most the last 1,000)
     retries: int = 0  # request retries along the way
     failed: int = 0  # entries that failed for good and were handed to on_error
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class ResendResult:
+    """What ``resend`` did: entries buffered again, and entries skipped as superseded."""
+
+    resent: int = 0  # entries buffered again, in order
+    # Skipped, in order: a later event for the same ID was accepted after them, so sending
+    # them now would undo it. Their ID already ends in the state the later event sets.
+    superseded: tuple[WriterEntry, ...] = ()
 
 
 # Called with the entries of one failed batch (in order) and the error that ended it.
@@ -121,11 +214,18 @@ class DrainTimeout(BatchAudienceError, TimeoutError):
 class WriterError(BatchAudienceError):
     """Entries the writer could not deliver: ``.entries`` in order, ``.error`` the first cause.
 
-    ``.errors`` holds every distinct error, in order. The message counts entries and names
-    the errors' types; it never shows an ID.
+    ``.errors`` holds every distinct error, in order. ``.handler_errors`` holds what
+    ``on_error`` raised when it was handed these entries (it did not take them); the first is
+    also the ``__cause__``. The message counts entries and names the errors' types; it never
+    shows an ID.
     """
 
-    def __init__(self, failures: Sequence[tuple[Sequence[WriterEntry], Exception]]) -> None:
+    def __init__(
+        self,
+        failures: Sequence[tuple[Sequence[WriterEntry], Exception]],
+        *,
+        handler_errors: Sequence[BaseException] = (),
+    ) -> None:
         self.entries: tuple[WriterEntry, ...] = tuple(e for batch, _ in failures for e in batch)
         errors: list[Exception] = []
         for _, error in failures:
@@ -133,10 +233,15 @@ class WriterError(BatchAudienceError):
                 errors.append(error)
         self.errors: tuple[Exception, ...] = tuple(errors)
         self.error: Exception = errors[0]
+        self.handler_errors: tuple[BaseException, ...] = tuple(handler_errors)
         kinds = ", ".join(dict.fromkeys(_kind(e) for e in errors))
+        raised = ""
+        if self.handler_errors:
+            names = ", ".join(dict.fromkeys(type(e).__name__ for e in self.handler_errors))
+            raised = f"; on_error raised {names}, see .handler_errors"
         super().__init__(
             f"{len(self.entries)} entries in {len(failures)} batches were not delivered ({kinds}); "
-            "see .entries and .error"
+            f"see .entries and .error{raised}"
         )
 
     def __repr__(self) -> str:
@@ -151,6 +256,7 @@ def _kind(error: Exception) -> str:
 class _State(enum.Enum):
     UNOPENED = "unopened"
     OPEN = "open"
+    STOPPED = "stopped"  # the sender ended on its own: nothing more can be sent
     CLOSING = "closing"
     CLOSED = "closed"
 
@@ -174,30 +280,31 @@ def _seconds(field: str, value: object, *, zero: bool) -> float:
     raise ValidationError(f"{field} must be a finite number of seconds {bound}, got {value!r}")
 
 
+class WriterHost(Protocol):
+    """What a writer needs of the client that made it (a protocol: no import of ``_client``)."""
+
+    _session: Session
+    _endpoints: Endpoints
+
+    def _open(self) -> object: ...
+
+    async def _upload_type(self, name: str, audience_type: str | None) -> str | None: ...
+
+
 class _Batch:
-    """A sealed batch: its ``ids`` array as JSON, and how many entries that array holds."""
+    """A sealed batch: its ``ids`` array as JSON, its entry count, its first entry's position."""
 
-    __slots__ = ("count", "json")
+    __slots__ = ("count", "json", "start")
 
-    def __init__(self, json: bytearray, count: int) -> None:
+    def __init__(self, json: bytearray | bytes, count: int, start: int) -> None:
         self.json = json
         self.count = count
+        self.start = start
 
-    def entries(self) -> tuple[WriterEntry, ...]:
-        """The batch's entries as WriterEntry, in order (only built on failure)."""
-        return tuple(
-            WriterEntry(e["action"], e["id"], e.get("attributes"), e.get("tags"))
-            for e in orjson.loads(self.json)
-        )
-
-
-def _dumps(entry: dict[str, Any], position: int) -> bytes:
-    try:
-        return orjson.dumps(entry)
-    except orjson.JSONEncodeError as exc:  # pragma: no cover - the encoder already checked
-        raise ValidationError(
-            f"the entry cannot be encoded as JSON: {exc}", position=position
-        ) from None
+    def decoded(self) -> list[dict[str, Any]]:
+        """The batch's entries as the API's dicts, in order (only on the failure path)."""
+        entries: list[dict[str, Any]] = orjson.loads(self.json)
+        return entries
 
 
 @final
@@ -216,7 +323,19 @@ class AudienceWriter:
 
     Failures: entries of a batch that still fails after retries go to ``on_error(entries,
     error)``; without ``on_error`` they are raised as a WriterError (with the entries) from
-    the next ``add``/``remove``/``flush`` or from ``aclose()``. Nothing is dropped.
+    the next ``add``/``remove``/``flush`` or from ``aclose()``. Nothing is dropped. If
+    ``on_error`` raises, it did not take the entries: they are raised the same way, with what
+    it raised in ``WriterError.handler_errors`` (and as the ``__cause__``); the writer goes on.
+    A KeyboardInterrupt or SystemExit from it propagates; the writer then stops (later calls
+    raise ClientClosedError, never wait) and its close hands over what it held.
+
+    Per-ID order across failures: later batches are still sent after one fails (a consumer
+    must not stall on one bad batch), so the failed entries are out of order once later events
+    for their IDs went out. ``resend`` therefore skips every entry superseded by a later event
+    for its ID that the writer accepted (sent, buffered, or failed too), and returns them in
+    ``ResendResult.superseded``. Resending all failed entries (in any order, even twice) ends
+    each ID exactly as replaying the accepted events in order would. ``WriterEntry.superseded``
+    tells the same for one entry, e.g. before parking it in a dead-letter store.
 
     Cancellation contract: when the task inside ``async with`` is cancelled (or any exception
     leaves the block), the writer still sends everything it holds, for at most
@@ -231,7 +350,7 @@ class AudienceWriter:
 
     def __init__(
         self,
-        client: _BaseClient,
+        client: WriterHost,
         name: str,
         *,
         max_records: int = MAX_ENTRIES,
@@ -260,10 +379,19 @@ class AudienceWriter:
         self._endpoints = client._endpoints
         generation = client._endpoints.generation
         # Encoders are built here so a generation without this operation fails at once.
-        self._encode_add = EntryEncoder(generation, "add").encode
-        self._encode_remove = EntryEncoder(generation, "remove").encode
+        self._encode_add = Intake(generation, "add").encode
+        self._encode_remove = Intake(generation, "remove").encode
         self._audience_type: str | None = None
         self._type_known = False
+        self._writes = Sender(
+            self._session,
+            lambda chunk: self._endpoints.update(
+                self._name, orjson.Fragment(chunk.body), self._audience_type
+            ),
+            concurrency=1,
+            on_retry=self._count_retry,
+            audience=name,
+        )
 
         self._state = _State.UNOPENED
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -289,8 +417,15 @@ class AudienceWriter:
         # Set once per sealed batch (sender) and once per finished batch (waiters).
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
-        # Failed batches not yet handed over (no on_error, or on_error raised).
+        # Failed batches not yet handed over (no on_error, or on_error raised), and what
+        # on_error raised for them: both go out together in the next WriterError.
         self._failed: list[tuple[tuple[WriterEntry, ...], Exception]] = []
+        self._handler_errors: list[BaseException] = []
+        # Per-ID order across failures: for each ID of a failed entry still held somewhere,
+        # the position of the latest event accepted for it (see resend).
+        self._ledger = _Ledger()
+        self._latest = self._ledger.latest
+        self._stopped: str | None = None  # why the sender ended on its own
         # Since the last flush() result.
         self._acked = 0
         self._requests = 0
@@ -320,7 +455,8 @@ class AudienceWriter:
         """Entries that failed or were never sent and were not handed to on_error or raised.
 
         After a block left by an exception (e.g. cancellation) these are what did not make it,
-        in order; pass them to ``resend`` on a new writer (or to ``client.add``/``remove``).
+        in order; pass them to ``resend`` on a new writer before new events for their IDs (it
+        skips those superseded here). ``client.add``/``remove`` would resend all of them.
         """
         return tuple(e for entries, _ in self._failed for e in entries)
 
@@ -372,10 +508,10 @@ class AudienceWriter:
             self._check_usable()
         if attributes is not None or tags is not None:
             record = self._with_extras(record, attributes, tags)
-        entry = _dumps(self._encode_add(record, self._position)[1], self._position)
+        uid, entry = self._encode_add(record, self._position)
         if self._pending >= self._max_pending:
             await self._wait_for_space()
-        self._put(entry)
+        self._put(entry, uid)
 
     async def remove(self, record: str | Record | Mapping[str, Any], /) -> None:
         """Buffer a remove of one ID (a str, or a Record/mapping without attributes); see ``add``.
@@ -392,22 +528,35 @@ class AudienceWriter:
             await asyncio.sleep(0)
         if self._state is not _State.OPEN or self._failed:
             self._check_usable()
-        entry = _dumps(self._encode_remove(record, self._position)[1], self._position)
+        uid, entry = self._encode_remove(record, self._position)
         if self._pending >= self._max_pending:
             await self._wait_for_space()
-        self._put(entry)
+        self._put(entry, uid)
 
-    async def resend(self, entries: Iterable[WriterEntry]) -> None:
-        """Buffer entries again, in order: ``WriterError.entries`` or an old writer's ``unsent``.
+    async def resend(self, entries: Iterable[WriterEntry]) -> ResendResult:
+        """Buffer failed entries again, in order, except those a later event superseded.
+
+        Takes ``WriterError.entries``, what ``on_error`` received, or an old writer's
+        ``unsent``. An entry is superseded when the writer it came from accepted a later event
+        for the same ID (sent, buffered or failed itself): sending it now would undo that
+        event, so it is skipped and listed in the result. Resending every failed entry, in any
+        order and even twice, ends each ID in the state of its latest accepted event. Entries
+        from another writer are judged by that writer's events: resend them before adding new
+        events for their IDs here. Entries built by hand are always sent.
 
         Unlike ``add``, this does not raise earlier failures, so a handler can requeue a
         failed batch; they surface from the next ``add``/``flush``.
 
+        Returns:
+            ResendResult: how many entries were buffered again, and the superseded ones.
+
         Raises:
-            ValidationError: an entry broke a rule; the ones before it were buffered.
+            ValidationError: an entry broke a rule; the ones before it were handled.
             ClientClosedError: the writer is closed.
         """
         self._check_usable(raise_failures=False)
+        resent = 0
+        superseded: list[WriterEntry] = []
         for entry in entries:
             self._ticks += 1
             if self._ticks >= _YIELD_EVERY:
@@ -417,16 +566,23 @@ class AudienceWriter:
                 self._check_usable(raise_failures=False)
             if entry.action == "add":
                 item: object = {"id": entry.id, "attributes": entry.attributes, "tags": entry.tags}
-                wire = self._encode_add(item, self._position)[1]
+                uid, wire = self._encode_add(item, self._position)
             elif entry.action == "remove":
-                wire = self._encode_remove(entry.id, self._position)[1]
+                uid, wire = self._encode_remove(entry.id, self._position)
             else:
                 raise ValidationError(
                     f"entry action must be 'add' or 'remove', got {entry.action!r}"
                 )
             if self._pending >= self._max_pending:
                 await self._wait_for_space()
-            self._put(_dumps(wire, self._position))
+            # Checked after the wait, with no await before _put: an event for this ID accepted
+            # while we waited counts too.
+            if entry.superseded:
+                superseded.append(entry)
+                continue
+            self._put(wire, uid)
+            resent += 1
+        return ResendResult(resent=resent, superseded=tuple(superseded))
 
     async def flush(self) -> FlushResult:
         """Send everything buffered now and wait for it; return what was sent since the last flush.
@@ -445,6 +601,8 @@ class AudienceWriter:
         while self._done < target:
             if self._state is _State.CLOSED:
                 raise ClientClosedError("the writer closed before the flush completed")
+            if self._state is _State.STOPPED:
+                raise self._stopped_error()
             self._progress.clear()
             await self._progress.wait()
         if self._failed:
@@ -469,7 +627,7 @@ class AudienceWriter:
         await self._close(None)
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        if getattr(self, "_state", None) is _State.OPEN:
+        if getattr(self, "_state", None) in (_State.OPEN, _State.STOPPED):
             _warn(
                 f"unclosed AudienceWriter for {self._name!r}: use 'async with' or await aclose()",
                 ResourceWarning,
@@ -489,19 +647,42 @@ class AudienceWriter:
         self._sender = self._loop.create_task(
             self._run(), name=f"batch_audience.writer[{self._name}]"
         )
+        self._sender.add_done_callback(self._sender_ended)
+
+    def _sender_ended(self, sender: asyncio.Task[None]) -> None:
+        if self._closing:
+            return
+        # Ended on its own (KeyboardInterrupt/SystemExit from on_error, or a bug): nothing
+        # will be sent any more, so no add or flush may wait for it.
+        if sender.cancelled():
+            self._stopped = "it was cancelled"
+        else:
+            self._stopped = f"it raised {type(sender.exception()).__name__}"
+        if self._state is _State.OPEN:
+            self._state = _State.STOPPED
+        self._progress.set()
+
+    def _stopped_error(self) -> ClientClosedError:
+        return ClientClosedError(
+            f"the writer's sender stopped ({self._stopped}); close the writer: what it holds "
+            "goes to on_error or writer.unsent"
+        )
 
     def _check_usable(self, *, raise_failures: bool = True) -> None:
         if self._state is _State.UNOPENED:
             self._start()
+        elif self._state is _State.STOPPED:
+            raise self._stopped_error()
         elif self._state is not _State.OPEN:
             raise ClientClosedError("the writer is closed")
         if raise_failures and self._failed:
             raise self._take_failures()
 
     def _take_failures(self) -> WriterError:
-        error = WriterError(self._failed)
-        error.__cause__ = error.error
+        error = WriterError(self._failed, handler_errors=self._handler_errors)
+        error.__cause__ = error.handler_errors[0] if error.handler_errors else error.error
         self._failed = []
+        self._handler_errors = []
         return error
 
     @staticmethod
@@ -518,15 +699,20 @@ class AudienceWriter:
         while self._pending >= self._max_pending:
             self._progress.clear()
             await self._progress.wait()
+            if self._state is _State.STOPPED:
+                raise self._stopped_error()
             if self._state is not _State.OPEN:
                 raise ClientClosedError("the writer closed while this entry waited for space")
 
-    def _put(self, entry: bytes) -> None:
+    def _put(self, entry: bytes, uid: str) -> None:
         json = self._json
         json += entry
         json += b","
         self._count += 1
         self._pending += 1
+        latest = self._latest
+        if latest and uid in latest:
+            latest[uid] = self._position
         self._position += 1
         if self._count >= self._max_records:
             self._seal()
@@ -547,7 +733,7 @@ class AudienceWriter:
             return
         json = self._json
         json[-1] = 0x5D  # the trailing "," becomes "]": the array is complete
-        self._ready.append(_Batch(json, self._count))
+        self._ready.append(_Batch(json, self._count, self._position - self._count))
         self._json = bytearray(b"[")
         self._count = 0
         self._sealed += 1
@@ -567,26 +753,36 @@ class AudienceWriter:
             # The batch stays first in ``ready`` while in flight, so a drain that times out
             # still knows it was not confirmed.
             batch = ready[0]
+            error: Exception | None = None
             try:
                 await self._send(batch)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self._fail(batch.entries(), exc)
+                error = exc
+            failed = self._failure((batch,)) if error is not None else ()
             ready.popleft()
             self._pending -= batch.count
             self._done += 1
             self._progress.set()
+            if error is not None:
+                self._fail(failed, error)
 
     async def _send(self, batch: _Batch) -> None:
         if not self._type_known:
             # 1.0 bodies name the audience's type: looked up once, by the first batch.
             self._audience_type = await self._client._upload_type(self._name, None)
             self._type_known = True
-        # The route builder writes the body; the ids array goes in as raw JSON (one Fragment).
-        ids = orjson.Fragment(bytes(batch.json))
-        route = self._endpoints.update(self._name, ids, self._audience_type)
-        response = await self._session.send(route, on_retry=self._count_retry)
+        # The uploads' sender writes it: the same retries, tracing and rate budget. One batch
+        # at a time (``send``), so no ID set is needed for per-ID order.
+        chunk = Chunk(self._done, batch.start, batch.count, bytes(batch.json), frozenset())
+        try:
+            response = await self._writes.send(chunk)
+        except BaseException:
+            # The writer keeps its own books of failed entries (``_failure``): the sender's
+            # copy is dropped, so the next batch goes on.
+            self._writes.take_failures()
+            raise
         self._acked += batch.count
         self._requests += 1
         data = response.data
@@ -596,6 +792,48 @@ class AudienceWriter:
 
     def _count_retry(self, _error: BatchAudienceError, _delay: float) -> None:
         self._retries += 1
+
+    def _failure(self, batches: Sequence[_Batch]) -> tuple[WriterEntry, ...]:
+        """The failed batches' entries, their IDs watched in the ledger from now on.
+
+        ``batches`` must be the oldest in ``ready``: every event accepted after them is then
+        still buffered (later batches and the open one), and each sets its ID's latest position.
+        """
+        decoded = [(batch.start, batch.decoded()) for batch in batches]
+        refs = self._ledger.refs
+        latest = self._latest
+        ids: list[str] = []
+        for start, items in decoded:
+            for offset, item in enumerate(items):
+                uid = item["id"]
+                ids.append(uid)
+                refs[uid] = refs.get(uid, 0) + 1
+                if latest.get(uid, -1) < start + offset:
+                    latest[uid] = start + offset
+        origin = _Failure(self._ledger, tuple(ids))
+        entries = tuple(
+            WriterEntry(
+                item["action"],
+                item["id"],
+                item.get("attributes"),
+                item.get("tags"),
+                _origin=origin,
+                _position=start + offset,
+            )
+            for start, items in decoded
+            for offset, item in enumerate(items)
+        )
+        later = list(itertools.islice(self._ready, len(batches), None))
+        if self._count:
+            later.append(
+                _Batch(bytes(self._json[:-1]) + b"]", self._count, self._position - self._count)
+            )
+        for batch in later:
+            for offset, item in enumerate(batch.decoded()):
+                uid = item["id"]
+                if uid in latest and latest[uid] < batch.start + offset:
+                    latest[uid] = batch.start + offset
+        return entries
 
     def _fail(self, entries: tuple[WriterEntry, ...], error: Exception) -> None:
         logger.warning(
@@ -608,14 +846,25 @@ class AudienceWriter:
         if self._on_error is not None:
             try:
                 self._on_error(entries, error)
-            except Exception as handler_error:
-                # The entries were not taken: keep them, to be raised or left in ``unsent``.
+            except (KeyboardInterrupt, SystemExit):
+                self._failed.append((entries, error))
+                raise
+            except BaseException as handler_error:
+                # The entries were not taken: keep them, and the handler's error with them, to
+                # be raised together from the next call or the exit. The handler is
+                # synchronous, so even a CancelledError is its own, not a cancellation of the
+                # sender (that arrives at an await); letting it end the sender would leave
+                # every add waiting forever.
                 logger.error(
                     "writer for %r: on_error raised %s; its %d entries are kept",
                     self._name,
                     type(handler_error).__name__,
                     len(entries),
+                    extra={"event": "batch_audience.writer.handler_failed"},
                 )
+                self._failed.append((entries, error))
+                self._handler_errors.append(handler_error)
+                return
             else:
                 self._handed += len(entries)
                 return
@@ -629,7 +878,7 @@ class AudienceWriter:
         if self._state is _State.CLOSING:
             await self._closed.wait()
             return
-        opened = self._state is _State.OPEN
+        opened = self._state in (_State.OPEN, _State.STOPPED)
         self._state = _State.CLOSING
         cancelled: asyncio.CancelledError | None = None
         try:
@@ -653,6 +902,20 @@ class AudienceWriter:
                 f"batch_audience writer for {self._name!r}: {count} entries not delivered; "
                 "see writer.unsent"
             )
+            if self._handler_errors:
+                # The block's own exception propagates, so these cannot be raised: the log
+                # keeps them, tracebacks included.
+                names = ", ".join(dict.fromkeys(type(e).__name__ for e in self._handler_errors))
+                note += f"; on_error raised {names} (logged)"
+                for handler_error in self._handler_errors:
+                    logger.error(
+                        "writer for %r: on_error raised %s",
+                        self._name,
+                        type(handler_error).__name__,
+                        exc_info=handler_error,
+                        extra={"event": "batch_audience.writer.handler_failed"},
+                    )
+                self._handler_errors = []
             for target in (exc, cancelled):
                 if target is not None:
                     target.add_note(note)
@@ -686,14 +949,17 @@ class AudienceWriter:
                     await asyncio.wait((sender,))
                 except asyncio.CancelledError as error:
                     cancelled = error
-        if not sender.cancelled() and sender.exception() is not None:  # pragma: no cover
+        if not sender.cancelled() and sender.exception() is not None:
             logger.error(
-                "writer for %r: the sender crashed", self._name, exc_info=sender.exception()
+                "writer for %r: the sender stopped", self._name, exc_info=sender.exception()
             )
+        reason: Exception = DrainTimeout(self._drain_timeout)
+        if self._stopped is not None:
+            reason = ClientClosedError(f"the writer's sender stopped ({self._stopped})")
         self._sender = None
-        unsent = tuple(e for batch in self._ready for e in batch.entries())
+        unsent = self._failure(tuple(self._ready)) if self._ready else ()
         self._ready.clear()
         self._pending = 0
         if unsent:
-            self._fail(unsent, DrainTimeout(self._drain_timeout))
+            self._fail(unsent, reason)
         return cancelled

@@ -479,6 +479,7 @@ class FakeBatchServer:
         rate_limit: RateLimit | None = None,
         record_bodies: bool = False,
         threaded: bool = True,
+        in_progress_state: str = "IN_PROGRESS",
     ) -> None:
         for field, value in (
             ("rest_key", rest_key),
@@ -499,6 +500,7 @@ class FakeBatchServer:
         self.max_in_flight = 0
         self._state = FakeState()
         self.indexing_delay = indexing_delay
+        self.in_progress_state = in_progress_state
         self._rate_limit: RateLimit | None = None
         self.rate_limit = rate_limit
         # (credential, project/app key) -> (tokens left, monotonic time of that count)
@@ -682,6 +684,21 @@ class FakeBatchServer:
         ):
             raise ValueError(f"indexing_delay must be a finite number >= 0, got {seconds!r}")
         self._state.indexing_delay = float(seconds)
+
+    @property
+    def in_progress_state(self) -> str:
+        """How view and list answers spell a write not yet indexed: IN_PROGRESS by default.
+
+        One Batch page writes ``IN_PROCESS``; set that (or any other string) to check that a
+        client treats every state but APPLIED and REPLACED as not finished.
+        """
+        return self._state.in_progress_state
+
+    @in_progress_state.setter
+    def in_progress_state(self, spelling: str) -> None:
+        if not isinstance(spelling, str) or not spelling:
+            raise ValueError(f"in_progress_state must be a non-empty str, got {spelling!r}")
+        self._state.in_progress_state = spelling
 
     @property
     def rate_limit(self) -> RateLimit | None:

@@ -636,6 +636,10 @@ class FakeState:
     ) -> None:
         # Seconds a token stays IN_PROGRESS; read when the token is issued.
         self.indexing_delay = indexing_delay
+        # How view and list answers spell the in-progress state: one Batch page says
+        # IN_PROCESS where the schema says IN_PROGRESS (spec §2.4). Inspection
+        # (FakeAudience.token_state) always says IN_PROGRESS.
+        self.in_progress_state = IN_PROGRESS
         self._clock = clock
         self._wall_clock = wall_clock
         self._new_token = new_token
@@ -743,7 +747,10 @@ class FakeState:
     def _token_state(self, audience: FakeAudience, token: str | None) -> str:
         if token is not None and token not in audience._tokens:
             _malformed("indexing_token is not a token of this audience")
-        return audience.token_state(token)
+        return self._spelled(audience.token_state(token))
+
+    def _spelled(self, state: str) -> str:
+        return self.in_progress_state if state == IN_PROGRESS else state
 
     # -- Custom Audience API 1.0 / 1.1 ------------------------------------------------------
 
@@ -935,7 +942,9 @@ class FakeState:
             # Keyset paging on the creation seq: stable even if audiences come and go.
             found = [a for a in found if a.seq < below]
         page = found[:limit]
-        payload: dict[str, Any] = {"audiences": [self._v2_info(a, a.token_state()) for a in page]}
+        payload: dict[str, Any] = {
+            "audiences": [self._v2_info(a, self._spelled(a.token_state())) for a in page]
+        }
         if cursor is None:
             payload["count"] = len(found)
         has_more = len(found) > limit

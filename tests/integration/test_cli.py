@@ -10,7 +10,8 @@ import io
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import orjson
 import pytest
 
 import batch_audience as ba
+from batch_audience._checkpoint import contiguous, resumable
 from batch_audience._cli import Console, ProgressBar
 from batch_audience.testing import FakeBatchServer
 
@@ -442,6 +444,173 @@ async def test_a_checkpoint_of_another_file_is_refused(
     write(data, csv_ids(10))
     assert (await cli(server, *args)).code == 0
     assert len(server.members("later")) == 10
+
+
+async def test_a_checkpoint_that_cannot_be_written_stops_the_upload(
+    server: FakeBatchServer, client: ba.AudienceClient, tmp_path: Path
+) -> None:
+    """A checkpoint write failing mid-way (file size limit) stops the upload, exit 2; it resumes."""
+    await client.create("limited")
+    data = write(tmp_path / "in.csv", csv_ids(2_000))
+    checkpoint = tmp_path / "in.ckpt"
+    args = (
+        "upload", "limited", str(data), "--chunk-size", "100", "--concurrency", "2",
+        "--checkpoint", str(checkpoint),
+    )  # fmt: skip
+    server.reset_stats()
+    server.fail_next(delay=0.05, times=20, path=UPDATE)  # slow enough to see it stop
+    # RLIMIT_FSIZE makes the checkpoint's write fail (EFBIG) once the file reaches 600 bytes,
+    # after a partial write, as a full disk would; CPython ignores SIGXFSZ.
+    limited = (
+        "import resource, sys; from batch_audience._cli import main; "
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (600, 600)); "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", limited, *args,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, env=environment(server),
+    )  # fmt: skip
+    out, err_bytes = await asyncio.wait_for(process.communicate(), timeout=60)
+    err = err_bytes.decode()
+    assert_clean(out.decode(), err)
+    assert process.returncode == 2, err
+    assert f"cannot write checkpoint {str(checkpoint)!r}: [Errno 27] File too large" in err
+    assert "run the same upload again" in err
+    sent = [r for r in server.requests if r.path.endswith(UPDATE)]
+    assert len(sent) < 20  # stopped, not run to the end with nothing recorded
+    content = checkpoint.read_bytes()
+    assert content.endswith(b"\n") and len(content) <= 600  # whole lines only
+    acked = [orjson.loads(line) for line in content.splitlines()[1:]]
+    assert acked  # what was acknowledged before the failure stays recorded
+    position = contiguous((a["start"], a["end"]) for a in acked)
+    server.clear_faults()
+
+    result = await cli(server, *args, "--json")
+    assert result.code == 0, result.err
+    assert result.json()["resumed_from"] == position > 0
+    assert set(server.members("limited")) == {f"u-{i}" for i in range(2_000)}
+    assert not checkpoint.exists()
+
+
+# -- Ctrl-C in every phase -----------------------------------------------------------------------
+
+STOP_WITHIN = 3.0  # seconds from SIGINT to exit; the fix takes well under one
+
+
+async def wait_until(
+    done: Callable[[], bool], process: asyncio.subprocess.Process, what: str
+) -> None:
+    """Wait until ``done()`` holds while the command still runs."""
+    for _ in range(1500):
+        if await asyncio.to_thread(done):
+            return
+        assert process.returncode is None, f"the command ended before {what}"
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never saw {what}")
+
+
+def reads_stdin(pid: int) -> bool:
+    """Whether a thread of the process is blocked in read(0, ...) (Linux /proc)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            if (task / "syscall").read_text().startswith("0 0x0 "):
+                return True
+    return False
+
+
+async def interrupt(process: asyncio.subprocess.Process) -> tuple[int, float, str]:
+    """Send SIGINT; return the exit status, the seconds it took to exit, and stderr."""
+    process.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    code = await asyncio.wait_for(process.wait(), timeout=60)
+    elapsed = time.monotonic() - started
+    assert process.stderr is not None
+    err = (await process.stderr.read()).decode()
+    assert_clean(err)
+    return code, elapsed, err
+
+
+def write_heavy_csv(path: Path, rows: int) -> None:
+    """A CSV whose whole-file check takes seconds: 15 typed attributes per record."""
+    columns = [f"date:d{i}" for i in range(5)] + [f"int:n{i}" for i in range(5)]
+    columns += [f"s{i}" for i in range(5)]
+    cells = ["2024-01-02T10:00:00+02:00"] * 5 + ["12345"] * 5 + ["abcdef"] * 5
+    tail = ("," + ",".join(cells) + "\n").encode()
+    with path.open("wb") as file:
+        file.write(("id," + ",".join(columns) + "\n").encode())
+        file.writelines(b"u-%d%s" % (i, tail) for i in range(rows))
+
+
+async def test_ctrl_c_stops_the_check_of_a_large_file_at_once(
+    server: FakeBatchServer, client: ba.AudienceClient, tmp_path: Path
+) -> None:
+    """Ctrl-C during the whole-file check exits 130 at once; the checkpoint stays usable."""
+    await client.create("big")
+    data = tmp_path / "big.csv"
+    await asyncio.to_thread(write_heavy_csv, data, 600_000)  # checked in 5 s or more
+    checkpoint = tmp_path / "big.ckpt"
+    server.reset_stats()
+    args = ("upload", "big", str(data), "--checkpoint", str(checkpoint))
+    async with running(*args, env=environment(server)) as process:
+        # The checkpoint gets its header right before the check starts.
+        await wait_until(
+            lambda: checkpoint.exists() and checkpoint.read_bytes().endswith(b"\n"),
+            process,
+            "the checkpoint",
+        )
+        await asyncio.sleep(0.2)
+        code, elapsed, err = await interrupt(process)
+    assert code == 130, err
+    assert elapsed < STOP_WITHIN, f"took {elapsed:.1f} s to stop"
+    assert "run the same command again to resume" in err
+    assert not any(r.path.endswith(UPDATE) for r in server.requests)
+    identity = {**await asyncio.to_thread(ba.file_fingerprint, data), "format": "csv"}
+    async with resumable(client, "big", path=checkpoint, input=identity) as upload:
+        assert (upload.position, upload.resumed) == (0, False)  # whole, ours, and unlocked
+
+
+async def test_a_piped_record_goes_out_at_once_and_ctrl_c_stops_an_idle_stdin(
+    server: FakeBatchServer, client: ba.AudienceClient
+) -> None:
+    """A record piped in is sent without waiting for 999 more; Ctrl-C on an idle pipe exits 130."""
+    await client.create("piped")
+    server.reset_stats()
+    args = ("upload", "piped", "-", "--format", "ndjson", "--chunk-size", "1")
+    process = await start(*args, env=environment(server), stdin=True)
+    try:
+        assert process.stdin is not None
+        process.stdin.write(b'"first"\n')
+        await process.stdin.drain()
+        await wait_until(
+            lambda: any(r.path.endswith(UPDATE) for r in server.requests),
+            process,
+            "the piped record reach the server",
+        )
+        await wait_until(lambda: reads_stdin(process.pid), process, "the read of stdin")
+        code, elapsed, err = await interrupt(process)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert code == 130, err
+    assert elapsed < STOP_WITHIN, f"took {elapsed:.1f} s to stop"
+    assert "first" in server.members("piped")
+
+
+async def test_ctrl_c_stops_a_dry_run_waiting_on_an_idle_stdin() -> None:
+    """A dry run reading a pipe that stays idle exits 130 at Ctrl-C, not when the pipe closes."""
+    args = ("upload", "x", "-", "--format", "csv", "--dry-run")
+    process = await start(*args, env=environment(None), stdin=True)
+    try:
+        await wait_until(lambda: reads_stdin(process.pid), process, "the read of stdin")
+        code, elapsed, err = await interrupt(process)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert code == 130, err
+    assert elapsed < STOP_WITHIN, f"took {elapsed:.1f} s to stop"
 
 
 # -- fake-server and demo ----------------------------------------------------------------------

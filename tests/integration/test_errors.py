@@ -173,6 +173,9 @@ async def test_list_page_size_out_of_range(
         pytest.param(lambda: ba.CustomAudienceClient("", "k"), id="empty-app-key"),
         pytest.param(lambda: ba.CustomAudienceClient("app", "k", version="1.2"), id="bad-version"),
         pytest.param(lambda: ba.AudienceClient("k", "p", api_version="3.0"), id="bad-2x-version"),
+        pytest.param(lambda: ba.AudienceClient("k", "p", api_version="2.0"), id="2.0"),
+        pytest.param(lambda: ba.AudienceClient("k", "p", api_version="2.8\n"), id="2.8-newline"),
+        pytest.param(lambda: ba.AudienceClient("k", "p", api_version="2.08"), id="2.08"),
         pytest.param(
             lambda: ba.AudienceClient("k", "p", base_url="http://api.example.com"), id="plain-http"
         ),

@@ -1889,3 +1889,38 @@ async def test_the_standalone_runner_can_start_in_chaos_mode(
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@pytest.mark.parametrize("version", ["2.1", "2.9", "2.10", "2.11", "2.12", "2.100"])
+async def test_every_2n_version_is_served_alike(api: Api, version: str) -> None:
+    """Every 2.N with N >= 1 is served, identically (Batch's pages go up to 2.11)."""
+    created = await api.v2("create", {"name": "v", "type": "custom_ids"}, version=version)
+    assert created.status == 202
+    viewed = await api.v2("view", params={"name": "v"}, version=version)
+    assert viewed.status == 200 and viewed.json["name"] == "v"
+    assert (await api.v2("remove", {"name": "v"}, version=version)).status == 202
+
+
+async def test_the_in_progress_spelling_can_be_changed(api: Api, server: FakeBatchServer) -> None:
+    """IN_PROCESS spelling changes view and list answers; inspection keeps IN_PROGRESS."""
+    assert server.in_progress_state == "IN_PROGRESS"
+    server.indexing_delay = 3600
+    token = await api.create("s")
+    server.in_progress_state = "IN_PROCESS"
+    one = await api.v2("view", params={"name": "s", "indexing_token": token})
+    assert one.json["indexing_state"] == "IN_PROCESS"
+    latest = await api.v2("view", params={"name": "s"})
+    assert latest.json["indexing_state"] == "IN_PROCESS"
+    listed = await api.v2("list")
+    assert listed.json["audiences"][0]["indexing_state"] == "IN_PROCESS"
+    assert (await api.v1("POST", "1.1", "t")).status == 200
+    assert (await api.v1("PATCH", "1.1", "t", {"ids": [add("x")]})).status == 201
+    assert (await api.v1("GET", "1.1", "t")).json["indexing_state"] == "IN_PROCESS"
+    assert server.audience("s").token_state(token) == "IN_PROGRESS"
+    server.indexing_delay = 0
+    server.in_progress_state = "IN_PROGRESS"
+    assert (await api.v2("view", params={"name": "s"})).json["indexing_state"] == "IN_PROGRESS"
+    with pytest.raises(ValueError, match="in_progress_state"):
+        server.in_progress_state = ""
+    with pytest.raises(ValueError, match="in_progress_state"):
+        FakeBatchServer(in_progress_state=None)  # type: ignore[arg-type]

@@ -54,11 +54,13 @@ async def test_poll_intervals_grow_as_configured(fake_server: FakeBatchServer) -
         with pytest.raises(_Enough):
             await c.wait_applied("g", token)
         assert calls == [0.5, 0.75, 1.125, 1.6875, 2.53125]
-        # A wait that cannot end before the deadline is not started.
+        # A wait that would end past the deadline is cut to end at it, for one last poll.
         calls.clear()
+        fake_server.reset_stats()
         with pytest.raises(ba.IndexingTimeout):
             await c.wait_applied("g", token, timeout=0.4)
-        assert calls == []
+        assert len(calls) == 1 and 0 < calls[0] <= 0.4
+        assert len(fake_server.requests) == 2
 
 
 async def test_replaced_counts_as_done(client: ba.AudienceClient) -> None:
@@ -143,3 +145,50 @@ async def test_bad_tokens_are_refused(client: ba.AudienceClient, tokens: list[ob
     """Tokens must be non-empty strings."""
     with pytest.raises(ba.ValidationError):
         await client.wait_applied("u", tokens)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("delay", "interval"),
+    [
+        pytest.param(0.9, 0.5, id="interval-past-the-deadline"),
+        pytest.param(0.5, 1.0, id="interval-equals-timeout"),
+    ],
+)
+async def test_indexing_done_before_the_deadline_is_seen_by_a_poll_at_the_deadline(
+    fake_server: FakeBatchServer, delay: float, interval: float
+) -> None:
+    """With real sleeps, a write indexed before the deadline is found by the poll at it."""
+    fake_server.indexing_delay = delay
+    async with ba.AudienceClient(
+        fake_server.rest_key,
+        fake_server.project_key,
+        base_url=fake_server.url,
+        poll=ba.PollPolicy(jitter=False),
+    ) as c:
+        await c.create("edge")
+        token = (await c.add("edge", ["a"])).tokens[0]
+        # Before the fix: IndexingTimeout after the poll at 0.5 s (or at once), never polling
+        # at 1.0 s, by when the write was indexed.
+        states = await c.wait_applied("edge", token, timeout=1.0, interval=interval)
+    assert states == {token: ba.IndexingState.APPLIED}
+
+
+async def test_in_process_spelling_is_not_finished(fake_server: FakeBatchServer) -> None:
+    """A server spelling the state IN_PROCESS is waited on, and the string passes through."""
+    fake_server.in_progress_state = "IN_PROCESS"
+    fake_server.indexing_delay = 0.3
+    poll = ba.PollPolicy(initial=0.05, factor=1.0, max_interval=0.05, timeout=10)
+    async with ba.AudienceClient(
+        fake_server.rest_key, fake_server.project_key, base_url=fake_server.url, poll=poll
+    ) as c:
+        await c.create("spelt")
+        token = (await c.add("spelt", ["a"])).tokens[0]
+        assert (await c.view("spelt", token=token)).indexing_state == "IN_PROCESS"
+        assert await c.wait_applied("spelt", token) == {token: ba.IndexingState.APPLIED}
+        fake_server.indexing_delay = 3600
+        slow = (await c.add("spelt", ["b"])).tokens[0]
+        with pytest.raises(ba.IndexingTimeout) as caught:
+            await c.wait_applied("spelt", slow, timeout=0.2)
+    assert caught.value.states == {slow: "IN_PROCESS"}
+    views = [r for r in fake_server.requests if r.path.endswith("/view")]
+    assert len(views) >= 3

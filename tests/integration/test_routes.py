@@ -59,6 +59,61 @@ async def test_v2_list_pages_through_every_audience(client: ba.AudienceClient) -
     assert listed == list(reversed(names))
 
 
+@pytest.mark.parametrize("version", ["2.1", "2.4", "2.8", "2.10", "2.11", "2.99"])
+async def test_the_client_sends_the_api_version_it_is_given(
+    fake_server: FakeBatchServer, sleep: RecordingSleep, version: str
+) -> None:
+    """api_version="2.11" reaches /2.11/audiences/...; the fake serves every 2.N (N >= 1)."""
+    async with ba.AudienceClient(
+        fake_server.rest_key,
+        fake_server.project_key,
+        base_url=fake_server.url,
+        api_version=version,
+        sleep=sleep,
+    ) as c:
+        assert c.api_version == version
+        await c.create("versioned")
+        await c.add("versioned", ["a"])
+        assert (await c.view("versioned")).nb_ids == 1
+        assert [i.name async for i in c.list()] == ["versioned"]
+        await c.delete("versioned")
+    paths = {r.path for r in fake_server.requests}
+    assert paths == {
+        f"/{version}/audiences/{action}"
+        for action in ("create", "update", "view", "list", "remove")
+    }
+    assert {r.status // 100 for r in fake_server.requests} == {2}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"audiences": [], "has_more": true}', id="no-cursor"),
+        pytest.param(b'{"audiences": [], "has_more": true, "next_from": ""}', id="empty-cursor"),
+        pytest.param(b'{"audiences": [], "has_more": true, "next_from": null}', id="null-cursor"),
+    ],
+)
+async def test_a_list_page_with_more_but_no_cursor_is_an_error(
+    client: ba.AudienceClient, fake_server: FakeBatchServer, body: bytes
+) -> None:
+    """has_more without next_from would end the list silently part-way: TransportError."""
+    for name in ("a", "b", "c"):
+        await client.create(name)
+    listed: list[str] = []
+
+    async def collect() -> None:
+        async for info in client.list(page_size=2):
+            listed.append(info.name)
+            if len(listed) == 2:
+                # The real first page said "more"; the second says it too, but not where.
+                fake_server.fail_next(status=200, body=body, path="/audiences/list")
+
+    with pytest.raises(ba.TransportError, match="no cursor"):
+        await collect()
+    assert listed == ["c", "b"]
+    assert [r.status for r in fake_server.requests if r.path.endswith("/list")] == [200, 200]
+
+
 @pytest.mark.parametrize("version", ["1.0", "1.1"])
 async def test_v1_lifecycle(
     fake_server: FakeBatchServer, sleep: RecordingSleep, version: str

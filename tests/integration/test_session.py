@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import aiohttp
 import pytest
 
 import batch_audience as ba
+from batch_audience._endpoints import V2Endpoints
+from batch_audience._session import Session
 from batch_audience.testing import FakeBatchServer
 from tests.conftest import FAST_RETRY, RecordingSleep, client_tasks
 
@@ -263,3 +266,241 @@ async def test_connection_refused_is_a_connect_error(sleep: RecordingSleep) -> N
             await c.view("a")
     assert len(sleep.calls) == 5
     assert caught.value.cause
+    # Never connected: nothing was sent, so nothing can have been applied.
+    assert caught.value.request_sent is False
+    assert caught.value.after_unknown_outcome is False
+
+
+# -- statuses that are not retried (spec §7) -------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [501, 505, 507, 511, 599])
+async def test_5xx_other_than_500_502_503_504_is_sent_once(
+    client: ba.AudienceClient, fake_server: FakeBatchServer, sleep: RecordingSleep, status: int
+) -> None:
+    """Only 500, 502, 503 and 504 are transient; 501, 505, 507 ... are raised at once."""
+    await client.create("a")
+    fake_server.reset_stats()
+    fake_server.fail_next(status=status)
+    with pytest.raises(ba.ServerError) as caught:
+        await client.view("a")
+    assert caught.value.status == status
+    assert caught.value.retriable is False
+    assert len(fake_server.requests) == 1
+    assert sleep.calls == []
+
+
+# -- a caller's session defaults (issue item 9) ----------------------------------------------------
+
+
+async def _fail_on_status(response: aiohttp.ClientResponse) -> None:
+    response.raise_for_status()
+
+
+@pytest.mark.parametrize(
+    "raise_for_status",
+    [pytest.param(True, id="true"), pytest.param(_fail_on_status, id="callable")],
+)
+async def test_a_callers_raise_for_status_does_not_change_status_handling(
+    fake_server: FakeBatchServer, sleep: RecordingSleep, raise_for_status: object
+) -> None:
+    """A session made with raise_for_status still gets a 404 once, as NotFoundError."""
+    async with (
+        aiohttp.ClientSession(raise_for_status=raise_for_status) as http,  # type: ignore[arg-type]
+        ba.AudienceClient(
+            fake_server.rest_key,
+            fake_server.project_key,
+            base_url=fake_server.url,
+            session=http,
+            retry=FAST_RETRY,
+            sleep=sleep,
+        ) as c,
+    ):
+        with pytest.raises(ba.NotFoundError):
+            await c.view("missing")
+        fake_server.fail_next(status=503)
+        await c.create("a")
+    assert [r.status for r in fake_server.requests] == [404, 503, 202]
+    assert sleep.calls == [0.5]
+
+
+async def test_a_callers_auto_decompress_false_still_reads_compressed_answers() -> None:
+    """A session that leaves bodies compressed by default still gets decoded JSON answers."""
+    from aiohttp import web
+
+    async def view(request: web.Request) -> web.Response:
+        response = web.json_response({"name": "z", "type": "CUSTOM_ID", "nb_ids": 3})
+        response.enable_compression(web.ContentCoding.gzip)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/2.8/audiences/view", view)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with (
+            aiohttp.ClientSession(auto_decompress=False) as http,
+            ba.AudienceClient(
+                "rest", "project_p", base_url=f"http://127.0.0.1:{port}", session=http
+            ) as c,
+        ):
+            info = await c.view("z")
+        assert (info.name, info.nb_ids) == ("z", 3)
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_callers_default_auth_is_refused() -> None:
+    """A session with a default auth would add a second credential: refused at construction."""
+    # aiohttp 3.14 deprecates BasicAuth and auth=; callers' sessions still carry them.
+    with pytest.warns(DeprecationWarning, match="BasicAuth|auth"):
+        session = aiohttp.ClientSession(auth=aiohttp.BasicAuth("user", "pass"))
+    async with session as http:
+        with pytest.raises(ba.ValidationError, match="default auth"):
+            ba.AudienceClient("rest", "project_p", session=http)
+        with pytest.raises(ba.ValidationError, match="default auth"):
+            ba.CustomAudienceClient("app", "rest", session=http)
+
+
+async def test_a_callers_default_credential_headers(fake_server: FakeBatchServer) -> None:
+    """Default credential headers that ours replace are fine; ones sent beside ours are refused."""
+    async with aiohttp.ClientSession(
+        headers={"Authorization": "Bearer someone-elses", "X-Trace": "t1"}
+    ) as http:
+        # 2.x sends its own Authorization, which replaces the default one.
+        async with ba.AudienceClient(
+            fake_server.rest_key, fake_server.project_key, base_url=fake_server.url, session=http
+        ) as c:
+            await c.create("a")
+        assert fake_server.requests[-1].headers["X-Trace"] == "t1"
+        # 1.x authenticates with X-Authorization: the default Authorization would go along.
+        with pytest.raises(ba.ValidationError, match="Authorization") as caught:
+            ba.CustomAudienceClient(fake_server.api_key, fake_server.rest_key, session=http)
+        assert "someone-elses" not in str(caught.value)
+
+
+# -- the call's deadline bounds the attempts (issue item 11) -------------------------------------
+
+
+class FakeClock:
+    """A monotonic clock that moves only when the injected sleep (or the test) moves it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def make_session(server: FakeBatchServer, policy: ba.RetryPolicy, clock: FakeClock) -> Session:
+    """A Session of the fake's 2.x project with a fake clock and sleep."""
+    return Session(
+        base_url=server.url,
+        headers=V2Endpoints("2.8", server.project_key).auth_headers(server.rest_key),
+        secrets=(server.rest_key,),
+        retry=policy,
+        timeouts=ba.Timeouts(),
+        limits=ba.Limits(),
+        sleep=clock.sleep,
+        clock=clock,
+    )
+
+
+async def test_a_retry_never_starts_with_no_time_left(fake_server: FakeBatchServer) -> None:
+    """A wait that would end exactly at the deadline is not started: the retry would have none."""
+    clock = FakeClock()
+    policy = ba.RetryPolicy(base=1.0, factor=1.0, jitter=False, deadline=2.0)
+    session = make_session(fake_server, policy, clock)
+    route = V2Endpoints("2.8", fake_server.project_key).view("a", None)
+    fake_server.fail_next(status=503, times=3)
+    try:
+        with pytest.raises(ba.MaintenanceError) as caught:
+            await session.send(route)
+    finally:
+        await session.aclose()
+    assert clock.sleeps == [1.0]
+    assert len(fake_server.requests) == 2
+    assert "deadline of 2 s" in "".join(caught.value.__notes__)
+
+
+async def test_no_attempt_starts_once_the_deadline_passed(fake_server: FakeBatchServer) -> None:
+    """Time spent before the first attempt (waiting for a slot) counts: none is left, none sent."""
+    clock = FakeClock()
+    session = make_session(fake_server, ba.RetryPolicy(deadline=1.0), clock)
+    route = V2Endpoints("2.8", fake_server.project_key).view("a", None)
+    session._semaphore = asyncio.Semaphore(1)
+    await session._semaphore.acquire()  # the only slot taken ...
+    task = asyncio.create_task(session.send(route))
+    await asyncio.sleep(0)
+    clock.now = 1.5  # ... until past the deadline
+    session._semaphore.release()
+    try:
+        with pytest.raises(ba.RequestTimeout, match="deadline of 1 s passed before") as caught:
+            await task
+    finally:
+        await session.aclose()
+    assert caught.value.request_sent is False
+    assert fake_server.requests == []
+
+
+async def test_waiting_for_a_slot_is_bounded_by_the_deadline(fake_server: FakeBatchServer) -> None:
+    """With every slot held by a stalled request, a call gives up at its deadline, unsent."""
+    session = Session(
+        base_url=fake_server.url,
+        headers=V2Endpoints("2.8", fake_server.project_key).auth_headers(fake_server.rest_key),
+        secrets=(fake_server.rest_key,),
+        retry=ba.RetryPolicy(max_attempts=1),
+        timeouts=ba.Timeouts(),
+        limits=ba.Limits(max_in_flight=1),
+    )
+    route = V2Endpoints("2.8", fake_server.project_key).view("a", None)
+    fake_server.fail_next(delay=5.0)
+    hog = asyncio.create_task(session.send(route))
+    try:
+        while fake_server.in_flight == 0:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(ba.RequestTimeout, match="before the request could be sent"):
+            await session.send(route, retry=ba.RetryPolicy(deadline=0.3))
+        assert time.monotonic() - started < 3.0  # generous: the slot was held 5 s
+        assert len(fake_server.requests) == 0
+    finally:
+        hog.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hog
+        await session.aclose()
+
+
+async def test_the_deadline_cuts_an_attempts_timeout(
+    fake_server: FakeBatchServer, sleep: RecordingSleep
+) -> None:
+    """Deadline 1 s, attempts of 5 s: a retry stalled by the server ends at the deadline."""
+    policy = ba.RetryPolicy(base=0.1, jitter=False, deadline=1.0)
+    async with ba.AudienceClient(
+        fake_server.rest_key,
+        fake_server.project_key,
+        base_url=fake_server.url,
+        retry=policy,
+        timeouts=ba.Timeouts(total=5.0),
+        sleep=sleep,
+    ) as c:
+        await c.create("a")
+        fake_server.fail_next(status=503)
+        fake_server.fail_next(delay=10.0)
+        started = time.monotonic()
+        with pytest.raises(ba.RequestTimeout) as caught:
+            await c.view("a")
+        elapsed = time.monotonic() - started
+    assert "deadline of 1 s passed" in str(caught.value)
+    assert "deadline of 1 s passed" in "".join(caught.value.__notes__)
+    # Before the fix the retry ran its full 5 s; generous against a loaded machine.
+    assert 0.9 <= elapsed < 4.0

@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import batch_audience as ba
 from batch_audience._writer import AudienceWriter, DrainTimeout, WriterEntry, WriterError
@@ -460,6 +462,9 @@ async def test_a_failing_on_error_keeps_the_entries(
     with pytest.raises(WriterError) as caught:
         await writer.aclose()
     assert [e.id for e in caught.value.entries] == ["kept"]
+    [handler_error] = caught.value.handler_errors
+    assert str(handler_error) == "handler broke" and caught.value.__cause__ is handler_error
+    assert "on_error raised RuntimeError" in str(caught.value)
 
 
 async def test_drain_timeout_entries_go_to_on_error(
@@ -479,3 +484,274 @@ async def test_drain_timeout_entries_go_to_on_error(
     [(ids, error)] = got
     assert ids == ["late"] and isinstance(error, DrainTimeout)
     assert writer.unsent == () and writer_tasks() == []
+
+
+# -- per-ID order across failures: resend never undoes a later event -------------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param({"status": 400}, id="rejected-400"),
+        pytest.param({"status": 503, "times": 6}, id="retries-exhausted-503"),
+    ],
+)
+async def test_resend_after_a_failed_batch_never_undoes_a_later_event(
+    client: ba.AudienceClient, fake_server: FakeBatchServer, fault: dict[str, Any]
+) -> None:
+    """Later batches go on after one fails; resending it skips entries a later event superseded."""
+    await client.create("undo")
+    ops: list[tuple[str, str, int]] = []
+    fake_server.fail_next(path=UPDATE, **fault)
+    async with client.writer("undo", max_records=3, max_delay=60) as writer:
+
+        async def event(action: str, uid: str, value: int) -> None:
+            ops.append((action, uid, value))
+            if action == "add":
+                await writer.add(uid, attributes={"v": value})
+            else:
+                await writer.remove(uid)
+
+        await event("add", "x", 1)  # batch 1 fails for good
+        await event("add", "y", 1)
+        await event("remove", "z", 1)
+        await event("remove", "x", 2)  # batch 2 lands: supersedes batch 1's x
+        await event("add", "y", 2)  # supersedes batch 1's y
+        await event("add", "w", 2)
+        await event("add", "z", 3)  # still buffered at the failure: supersedes z's remove
+        with pytest.raises(WriterError) as caught:
+            await writer.flush()
+        failed = caught.value.entries
+        assert [(e.action, e.id) for e in failed] == [("add", "x"), ("add", "y"), ("remove", "z")]
+        result = await writer.resend(failed)
+        await writer.flush()
+        assert members(fake_server, "undo") == replay(ops)
+        assert result == ba.ResendResult(resent=0, superseded=failed)
+        assert all(e.superseded for e in failed)
+        await event("add", "v", 4)  # an entry with no later event is resent
+        fake_server.fail_next(status=400, path=UPDATE)
+        with pytest.raises(WriterError) as caught:
+            await writer.flush()
+        again = await writer.resend(caught.value.entries)
+        assert (again.resent, again.superseded) == (1, ())
+        assert (await writer.resend(caught.value.entries)).superseded == caught.value.entries
+    assert members(fake_server, "undo") == replay(ops)
+
+
+async def test_entries_handed_to_on_error_are_resent_in_order_with_the_stream(
+    client: ba.AudienceClient, fake_server: FakeBatchServer
+) -> None:
+    """Entries from on_error, resent while events go on, end as the replay of the events."""
+    await client.create("requeue")
+    parked: list[WriterEntry] = []
+    ops: list[tuple[str, str, int]] = []
+    fake_server.fail_next(status=400, path=UPDATE)
+    async with client.writer(
+        "requeue", max_records=2, max_delay=60, on_error=lambda e, _: parked.extend(e)
+    ) as writer:
+        for i, (action, uid) in enumerate(
+            [("add", "a"), ("add", "b"), ("remove", "a"), ("add", "c"), ("add", "c")]
+        ):
+            ops.append((action, uid, i))
+            await (writer.add(uid, attributes={"v": i}) if action == "add" else writer.remove(uid))
+        await writer.flush()
+        assert [e.id for e in parked] == ["a", "b"]
+        result = await writer.resend(parked)
+        assert [e.id for e in result.superseded] == ["a"] and result.resent == 1
+        ops.append(("remove", "b", 9))
+        await writer.remove("b")
+    assert members(fake_server, "requeue") == replay(ops)
+
+
+async def test_an_old_writers_unsent_entries_skip_what_it_sent_later(
+    client: ba.AudienceClient, fake_server: FakeBatchServer
+) -> None:
+    """unsent left by a block that raised carries its supersession to a new writer's resend."""
+    await client.create("handover")
+    fake_server.fail_next(status=400, path=UPDATE, times=2)
+    old = client.writer("handover", max_records=1, max_delay=60)
+
+    async def consume() -> None:
+        async with old:
+            await old.add("x", attributes={"v": 1})  # fails for good
+            await old.add("y", attributes={"v": 1})  # fails too: nothing later touches y
+            await old.remove("x")  # lands
+            await until(lambda: old.pending == 0)
+            raise LookupError("the consumer broke")
+
+    with pytest.raises(LookupError):
+        await consume()
+    assert [(e.action, e.id) for e in old.unsent] == [("add", "x"), ("add", "y")]
+    async with client.writer("handover") as new:
+        result = await new.resend(old.unsent)
+    assert [e.id for e in result.superseded] == ["x"] and result.resent == 1
+    assert members(fake_server, "handover") == {"y": {"v": 1}}
+
+
+EVENTS = st.lists(
+    st.tuples(st.sampled_from(["add", "remove"]), st.sampled_from(["a", "b", "c", "d"])),
+    min_size=1,
+    max_size=24,
+)
+
+
+@settings(max_examples=50, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    events=EVENTS,
+    batch=st.integers(1, 4),
+    fail_at=st.integers(0, 5),
+    resend_at=st.integers(0, 24),
+    handler=st.booleans(),
+)
+async def test_any_history_with_one_failed_batch_resent_ends_replayed(
+    client: ba.AudienceClient,
+    fake_server: FakeBatchServer,
+    events: list[tuple[str, str]],
+    batch: int,
+    fail_at: int,
+    resend_at: int,
+    handler: bool,
+) -> None:
+    """One batch failing for good at any point, resent at any later point, ends as the replay."""
+    name = f"replay-{len(fake_server.audiences())}"
+    await client.create(name)
+    ops = [(action, uid, i) for i, (action, uid) in enumerate(events)]
+    parked: list[WriterEntry] = []
+    if fail_at:
+        fake_server.fail_next(path=UPDATE, times=fail_at)  # these pass untouched
+    fake_server.fail_next(status=400, path=UPDATE)
+    on_error = (lambda entries, _: parked.extend(entries)) if handler else None
+    resent = False
+
+    async def resend() -> None:
+        nonlocal resent
+        try:
+            await writer.flush()
+        except WriterError as error:  # without on_error
+            parked.extend(error.entries)
+        if parked:
+            resent = True
+            await writer.resend(parked)
+            parked.clear()
+
+    try:
+        async with asyncio.timeout(30):
+            async with client.writer(
+                name, max_records=batch, max_delay=60, on_error=on_error
+            ) as writer:
+                for i, (action, uid, value) in enumerate(ops):
+                    if i == resend_at and not resent:
+                        await resend()
+                    await (
+                        writer.add(uid, attributes={"v": value})
+                        if action == "add"
+                        else writer.remove(uid)
+                    )
+                if not resent:
+                    await resend()
+                await writer.flush()
+    finally:
+        fake_server.clear_faults()
+    assert members(fake_server, name) == replay(ops)
+
+
+# -- an on_error that raises --------------------------------------------------------------------
+
+
+async def test_what_on_error_raises_surfaces_from_the_next_add_and_the_writer_goes_on(
+    client: ba.AudienceClient, fake_server: FakeBatchServer
+) -> None:
+    """The handler's exception comes out of the next add with the entries it did not take."""
+    await client.create("raising")
+    broke = RuntimeError("handler broke")
+
+    def on_error(entries: Sequence[WriterEntry], error: Exception) -> None:
+        raise broke
+
+    fake_server.fail_next(status=400, path=UPDATE)
+    async with asyncio.timeout(10):
+        async with client.writer("raising", max_records=1, on_error=on_error) as writer:
+            await writer.add("first")
+            await until(lambda: writer.pending == 0)
+            with pytest.raises(WriterError) as caught:
+                await writer.add("second")
+            assert caught.value.handler_errors == (broke,) and caught.value.__cause__ is broke
+            assert isinstance(caught.value.error, ba.BadRequestError)
+            assert [e.id for e in caught.value.entries] == ["first"]
+            await writer.add("third")
+            assert (await writer.flush()).entries == 1
+    assert set(fake_server.members("raising")) == {"third"}
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        pytest.param(asyncio.CancelledError, id="CancelledError"),
+        pytest.param(GeneratorExit, id="GeneratorExit"),
+    ],
+)
+async def test_an_on_error_raising_a_base_exception_never_leaves_add_waiting(
+    client: ba.AudienceClient, fake_server: FakeBatchServer, raised: type[BaseException]
+) -> None:
+    """An add waiting for space while on_error raises a BaseException returns; nothing hangs."""
+    await client.create("blocked")
+
+    def on_error(entries: Sequence[WriterEntry], error: Exception) -> None:
+        raise raised("from the handler")
+
+    fake_server.fail_next(status=400, delay=0.2, path=UPDATE)
+    writer = client.writer("blocked", max_records=1, max_pending=1, max_delay=60, on_error=on_error)
+    async with asyncio.timeout(10):  # before the fix: the sender died and the add waited forever
+        async with writer:
+            await writer.add("failing")
+            await writer.add("waits-for-space")
+            with pytest.raises(WriterError) as caught:
+                await writer.flush()
+            [handler_error] = caught.value.handler_errors
+            assert isinstance(handler_error, raised)
+            assert [e.id for e in caught.value.entries] == ["failing"]
+            await writer.add("after")
+    assert set(fake_server.members("blocked")) == {"waits-for-space", "after"}
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        pytest.param(RuntimeError, id="RuntimeError"),
+        pytest.param(asyncio.CancelledError, id="CancelledError"),
+    ],
+)
+async def test_an_on_error_failing_during_a_cancelled_drain_keeps_entries_and_its_error(
+    client: ba.AudienceClient,
+    fake_server: FakeBatchServer,
+    caplog: pytest.LogCaptureFixture,
+    raised: type[BaseException],
+) -> None:
+    """A batch failing while a cancelled owner drains, with on_error raising, stays in unsent."""
+    await client.create("drained")
+    holder: list[AudienceWriter] = []
+
+    def on_error(entries: Sequence[WriterEntry], error: Exception) -> None:
+        raise raised("handler broke")
+
+    async def consume() -> None:
+        async with client.writer("drained", max_delay=60, on_error=on_error) as writer:
+            holder.append(writer)
+            await writer.add("d-1")
+            await writer.remove("d-2")
+            await asyncio.sleep(10)
+
+    fake_server.fail_next(status=400, path=UPDATE)
+    task = asyncio.create_task(consume())
+    await until(lambda: bool(holder))
+    with caplog.at_level(logging.ERROR, logger="batch_audience"):
+        task.cancel()
+        async with asyncio.timeout(10):
+            with pytest.raises(asyncio.CancelledError) as caught:
+                await task
+    writer = holder[0]
+    assert [(e.action, e.id) for e in writer.unsent] == [("add", "d-1"), ("remove", "d-2")]
+    assert any(f"on_error raised {raised.__name__}" in n for n in caught.value.__notes__)
+    [logged] = [r for r in caplog.records if r.exc_info and r.exc_info[0] is raised]
+    assert "d-1" not in logged.getMessage()
+    assert writer_tasks() == []

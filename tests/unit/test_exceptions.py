@@ -50,11 +50,27 @@ def test_from_response_picks_the_class_for_the_status(
         (ba.ValidationError, False),
     ],
 )
-def test_retriable_is_a_class_attribute(
-    klass: type[ba.BatchAudienceError], retriable: bool
-) -> None:
-    """Exactly 429, 5xx and transport failures are retriable."""
+def test_retriable_by_class(klass: type[ba.BatchAudienceError], retriable: bool) -> None:
+    """The class default: 429, the common 5xx and transport failures are retriable."""
     assert klass.retriable is retriable
+
+
+@pytest.mark.parametrize(
+    ("status", "retriable"),
+    [
+        *[pytest.param(s, True, id=str(s)) for s in (429, 500, 502, 503, 504)],
+        *[
+            pytest.param(s, False, id=str(s))
+            for s in (400, 401, 403, 404, 409, 418, 501, 505, 506, 507, 508, 511, 599)
+        ],
+    ],
+)
+def test_retriable_follows_the_status(status: int, retriable: bool) -> None:
+    """Spec §7: only 429, 500, 502, 503 and 504 are retried; 501, 505, 507 ... are not."""
+    err = ba.ApiError.from_response(status, b"{}")
+    assert err.retriable is retriable
+    assert pickle.loads(pickle.dumps(err)).retriable is retriable
+    assert type(err)(status).retriable is retriable
 
 
 @pytest.mark.parametrize(

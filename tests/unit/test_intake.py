@@ -195,3 +195,24 @@ def test_datetime_values_are_converted_as_the_encoder_does() -> None:
         {"id": "b", "attributes": {"seen": "text"}},
     ]
     assert_same(taken(Intake("2", "add"), items, 0, 5), expected(items, "2", "add", 0))
+
+
+@settings(max_examples=EXAMPLES)
+@given(
+    items=st.lists(fuzz_records(), min_size=1, max_size=6),
+    case=st.sampled_from(GENERATIONS_AND_OPERATIONS),
+)
+def test_encode_one_record_matches_the_encoder(
+    items: list[object], case: tuple[Generation, Operation]
+) -> None:
+    """``encode`` (the writer's path), record by record with warm caches: the encoder's bytes."""
+    generation, operation = case
+    intake = Intake(generation, operation)
+    for at, item in enumerate(items):
+        want = expected([item], generation, operation, at)
+        try:
+            rid, body = intake.encode(item, at)
+        except ba.ValidationError as err:
+            assert_same(err, want)
+        else:
+            assert_same((body, {rid}), want)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
+import os
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -12,6 +16,7 @@ import pytest
 from batch_audience import Url, ValidationError
 from batch_audience._sources import (
     CsvReader,
+    Interrupted,
     NdjsonReader,
     RecordReader,
     SourceError,
@@ -311,10 +316,8 @@ async def collect(reader: RecordReader, into: list[object]) -> None:
         into.append(record)
 
 
-async def _open(path: Path) -> RecordReader:
-    import asyncio
-
-    return await asyncio.to_thread(open_records, str(path))
+async def _open(path: Path, skip: int = 0) -> RecordReader:
+    return await asyncio.to_thread(open_records, str(path), skip=skip)
 
 
 def test_header_errors_name_no_record() -> None:
@@ -324,3 +327,157 @@ def test_header_errors_name_no_record() -> None:
         "h.csv:1: byte 0xe9 at column 6 is not valid UTF-8 (save the file as UTF-8)"
     )
     assert error.position is None
+
+
+# -- skipping off the loop, stopping, slow producers -------------------------------------------
+
+
+def big_csv(rows: int) -> bytes:
+    """A CSV of ``rows`` records with a typed attribute each."""
+    return b"id,int:n\n" + b"".join(b"u-%d,%d\n" % (i, i) for i in range(rows))
+
+
+@pytest.mark.parametrize("kind", ["csv", "ndjson"])
+def test_skip_now_passes_the_skipped_records_before_iterating(kind: str) -> None:
+    """skip_now reads the header and the skipped records; iterating starts after them."""
+    if kind == "csv":
+        reader: RecordReader = CsvReader(io.BytesIO(big_csv(10)), name="x", skip=7)
+    else:
+        data = b"".join(b'"u-%d"\n\n' % i for i in range(10))
+        reader = NdjsonReader(io.BytesIO(data), name="x", skip=7)
+    reader.skip_now()
+    reader.skip_now()  # once only
+    records = list(reader)
+    assert [r if isinstance(r, str) else r["id"] for r in records] == ["u-7", "u-8", "u-9"]  # type: ignore[index]
+    assert reader.count == 10
+
+
+@pytest.mark.parametrize("skip", [3, 20])
+def test_skip_now_past_the_end_leaves_nothing(skip: int) -> None:
+    """A skip of every record (or more) leaves an empty iteration, for both formats."""
+    csv_reader = CsvReader(io.BytesIO(big_csv(3)), name="x", skip=skip)
+    csv_reader.skip_now()
+    assert list(csv_reader) == []
+    ndjson_reader = NdjsonReader(io.BytesIO(b'"a"\n"b"\n"c"\n'), name="x", skip=skip)
+    ndjson_reader.skip_now()
+    assert list(ndjson_reader) == []
+
+
+@pytest.mark.parametrize("kind", ["csv", "ndjson"])
+def test_a_skip_stops_when_its_stop_flag_is_set(kind: str) -> None:
+    """A set stop flag ends a long skip with Interrupted, after a few thousand records."""
+    stop = threading.Event()
+    stop.set()
+    if kind == "csv":
+        lines: Iterator[bytes] = iter(big_csv(1_000_000).splitlines(keepends=True))
+        reader: RecordReader = CsvReader(lines, name="x", skip=999_000)
+    else:
+        lines = iter(b'"u-%d"\n' % i for i in range(1_000_000))
+        reader = NdjsonReader(lines, name="x", skip=999_000)
+    with pytest.raises(Interrupted):
+        reader.skip_now(stop)
+    assert len(list(lines)) > 900_000  # it stopped early, not at the end
+
+
+class CountedLines:
+    """Lines of a byte string, counting those read on the given thread and on others."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.loop_thread = threading.get_ident()
+        self.on_loop = 0
+        self.off_loop = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for line in io.BytesIO(self.data):
+            if threading.get_ident() == self.loop_thread:
+                self.on_loop += 1
+            else:
+                self.off_loop += 1
+            yield line
+
+
+class Ticker:
+    """A task that counts its turns on the loop while work happens elsewhere."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+        self._task = asyncio.create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0)
+            self.turns += 1
+
+    async def stop(self) -> int:
+        """Stop ticking; return the number of turns the loop gave it."""
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        return self.turns
+
+
+async def test_skip_in_thread_keeps_the_loop_free() -> None:
+    """Skipping 200,000 records happens in a thread while the loop keeps turning."""
+    lines = CountedLines(big_csv(200_003))
+    reader = CsvReader(lines, name="big.csv", skip=200_000)
+    ticker = Ticker()
+    await reader.skip_in_thread()
+    turns = await ticker.stop()
+    records = list(reader)
+    assert [r["id"] for r in records] == ["u-200000", "u-200001", "u-200002"]  # type: ignore[index]
+    assert lines.off_loop >= 200_001  # the header and every skipped row
+    assert lines.on_loop <= 3  # the records sent: none of the skip
+    assert turns >= 10  # a skip on the loop would have given it none
+
+
+def pipe_stdin(buffered: bool) -> tuple[io.RawIOBase | io.BufferedReader, int]:
+    """A pipe standing for stdin: (the read end as a stream, the write end's descriptor)."""
+    read_fd, write_fd = os.pipe()
+    stream = os.fdopen(read_fd, "rb", buffering=-1 if buffered else 0)
+    return stream, write_fd  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize(
+    "buffered", [pytest.param(False, id="raw"), pytest.param(True, id="buffered")]
+)
+async def test_a_slow_producers_records_come_through_one_by_one(buffered: bool) -> None:
+    """A record written to an idle stdin reaches the upload at once, not after 1,000 more."""
+    stream, write_fd = pipe_stdin(buffered)
+    reader = open_records("-", "csv", stdin=stream)  # type: ignore[arg-type]
+    records = aiter(reader.threaded())
+    try:
+        await asyncio.to_thread(os.write, write_fd, b"id,int:n\nu-1,1\n")
+        first = await asyncio.wait_for(anext(records), timeout=10)
+        assert (first, reader.line) == ({"id": "u-1", "attributes": {"n": 1}}, 2)
+        await asyncio.to_thread(os.write, write_fd, b"u-2,")  # half a line: nothing yet
+        await asyncio.to_thread(os.write, write_fd, b"2\r\nu-3,3")
+        second = await asyncio.wait_for(anext(records), timeout=10)
+        assert second == {"id": "u-2", "attributes": {"n": 2}}
+    finally:
+        os.close(write_fd)
+    rest = [record async for record in records]  # the last line has no newline
+    assert rest == [{"id": "u-3", "attributes": {"n": 3}}]
+    stream.close()
+
+
+async def test_a_closed_threaded_read_ends_its_daemon_thread() -> None:
+    """Closing a threaded read early (a cancelled upload) ends its thread at its next read."""
+    stream, write_fd = pipe_stdin(False)
+    before = set(threading.enumerate())
+    reader = open_records("-", "ndjson", stdin=stream)  # type: ignore[arg-type]
+    records = reader._aiter()
+    try:
+        await asyncio.to_thread(os.write, write_fd, b'"a"\n')
+        assert await asyncio.wait_for(anext(records), timeout=10) == "a"
+        [thread] = [
+            t for t in set(threading.enumerate()) - before if t.name == "batch_audience reader"
+        ]
+        assert thread.daemon  # never holds up the exit, even blocked on an idle pipe
+        await records.aclose()
+        await asyncio.to_thread(os.write, write_fd, b'"b"\n' * 10)
+        await asyncio.to_thread(thread.join, 10)
+        assert not thread.is_alive()
+    finally:
+        os.close(write_fd)
+        stream.close()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import copy
+import pickle
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -16,18 +18,31 @@ from batch_audience._writer import FlushResult, WriterEntry, WriterError
 
 
 class StubSend:
-    """Stands in for Session.send: records each body's entries and answers with a token."""
+    """Stands in for Session.send: records each body's entries and answers with a token.
+
+    ``fail`` holds the (1-based) calls answered with a 400; ``gate``, when set, holds every
+    call until it is opened.
+    """
 
     def __init__(self) -> None:
         self.bodies: list[list[dict[str, Any]]] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.calls = 0
+        self.fail: set[int] = set()
+        self.gate: asyncio.Event | None = None
 
     async def __call__(self, route: ApiRoute, **_: Any) -> Response:
         self.in_flight += 1
+        self.calls += 1
+        call = self.calls
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             await asyncio.sleep(0.001)
+            if self.gate is not None:
+                await self.gate.wait()
+            if call in self.fail:
+                raise ba.BadRequestError(400, error_code="MALFORMED_PARAMETER", message="bad")
             assert route.body is not None
             self.bodies.append(orjson.loads(route.body)["ids"])
             return Response(201, {"indexing_token": f"t{len(self.bodies)}"}, 1)
@@ -165,3 +180,87 @@ async def test_an_open_writer_warns_when_collected(
         writer.__del__(lambda *args, **kwargs: warned.append(args))
     writer.__del__(lambda *args, **kwargs: warned.append(args))
     assert len(warned) == 1 and warned[0][1] is ResourceWarning
+
+
+async def test_a_sender_that_stops_on_its_own_never_leaves_add_or_flush_waiting(
+    stub_client: tuple[ba.AudienceClient, StubSend],
+) -> None:
+    """If the sender task ends outside a close, waiting and later calls raise; close hands over."""
+    client, stub = stub_client
+    stub.gate = asyncio.Event()
+    writer = client.writer("w", max_records=1, max_pending=1, max_delay=60)
+    async with asyncio.timeout(5):  # before the fix the waiting add never returned
+        await writer.add("in-flight")
+        waiting = asyncio.create_task(writer.add("waits"))
+        await asyncio.sleep(0.01)
+        assert writer._sender is not None
+        writer._sender.cancel()  # as a loop shutdown or a cancel-all helper would
+        with pytest.raises(ba.ClientClosedError, match="sender stopped"):
+            await waiting
+        with pytest.raises(ba.ClientClosedError, match="sender stopped"):
+            await writer.flush()
+        with pytest.raises(ba.ClientClosedError, match="sender stopped"):
+            await writer.remove("later")
+        with pytest.raises(WriterError) as caught:
+            await writer.aclose()
+    assert [e.id for e in caught.value.entries] == ["in-flight"]
+    assert isinstance(caught.value.error, ba.ClientClosedError)
+    assert writer.closed
+
+
+async def test_failed_entries_are_forgotten_by_the_writer_once_dropped(
+    stub_client: tuple[ba.AudienceClient, StubSend],
+) -> None:
+    """The writer tracks IDs only while someone holds their failed entries: memory stays bounded."""
+    client, stub = stub_client
+    stub.fail = {1}
+    parked: list[WriterEntry] = []
+
+    def on_error(entries: Sequence[WriterEntry], error: Exception) -> None:
+        parked.extend(entries)
+
+    async with client.writer("w", max_records=2, max_delay=60, on_error=on_error) as writer:
+        await writer.add("a")
+        await writer.add("b")
+        await writer.remove("a")
+        await writer.flush()
+        assert [(e.id, e.superseded) for e in parked] == [("a", True), ("b", False)]
+        assert set(writer._ledger.latest) == {"a", "b"}
+        parked.clear()
+        assert writer._ledger.latest == {} and writer._ledger.refs == {}
+        await writer.add("c")
+
+
+async def test_a_copied_entry_keeps_its_origin_and_a_pickled_one_leaves_it(
+    stub_client: tuple[ba.AudienceClient, StubSend],
+) -> None:
+    """copy/deepcopy share what resend knows; pickle (another process) drops it, equality holds."""
+    client, stub = stub_client
+    stub.fail = {1}
+    async with client.writer("w", max_records=1, max_delay=60) as writer:
+        await writer.add("a", attributes={"v": 1})
+        with pytest.raises(WriterError) as caught:
+            await writer.flush()
+        await writer.remove("a")
+        [entry] = caught.value.entries
+        assert entry.superseded and copy.copy(entry).superseded and copy.deepcopy(entry).superseded
+        thawed = pickle.loads(pickle.dumps(entry))
+        assert thawed == entry and not thawed.superseded
+        assert repr(entry) == "WriterEntry(action='add', id='a', attributes={'v': 1}, tags=None)"
+        assert (await writer.resend([thawed])).resent == 1
+
+
+async def test_flush_racing_the_age_timer_sends_each_entry_once(
+    stub_client: tuple[ba.AudienceClient, StubSend],
+) -> None:
+    """flush() called as the age timer comes due seals each entry into exactly one batch."""
+    client, stub = stub_client
+    sent = 0
+    async with client.writer("w", max_delay=0.001) as writer:
+        for i in range(150):
+            await writer.add(f"u-{i}")
+            await asyncio.sleep(0.001 * (i % 3))
+            sent += (await writer.flush()).entries
+    assert sent == 150
+    assert [e["id"] for body in stub.bodies for e in body] == [f"u-{i}" for i in range(150)]
+    assert all(stub.bodies)
