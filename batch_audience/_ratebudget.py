@@ -44,7 +44,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-__all__ = ["DEFAULT_RATE_BUDGET", "RateBudget", "check_max_ids_per_second"]
+__all__ = ["DEFAULT_RATE_BUDGET", "RateBudget", "SkippedTime", "check_max_ids_per_second"]
 
 logger = logging.getLogger("batch_audience")
 
@@ -133,6 +133,7 @@ class RateBudget:
         # Writes sent from this time on took their tokens when they went out.
         self._paced_since = math.inf if max_ids_per_second is None else -math.inf
         self._first_write: float | None = None
+        self._last_accepted = -math.inf
         # (time, IDs) of accepted writes over the last ``window`` seconds.
         self._accepted: deque[tuple[float, int]] = deque()
         self._accepted_sum = 0
@@ -152,6 +153,20 @@ class RateBudget:
         if learned is None:
             return cap
         return learned if cap is None else min(learned, cap)
+
+    def now(self) -> float:
+        """The budget's clock (a test's skipped waits included)."""
+        return self._clock()
+
+    def accepted_since(self, when: float) -> bool:
+        """Whether the server accepted a write of this client at or after ``when``."""
+        return self._last_accepted >= when
+
+    def describe(self) -> str:
+        """The budget for a message: its rate and the writes throttled so far."""
+        rate = self.rate
+        shown = "not paced" if rate is None else f"{rate:,.0f} IDs/s"
+        return f"{shown}, {self.throttled_writes} writes of this client throttled so far"
 
     @property
     def paused_until(self) -> float:
@@ -287,6 +302,7 @@ class RateBudget:
         """A write of ``cost`` IDs that went out at ``sent_at`` was accepted."""
         del sent_at  # kept for symmetry with ``throttled``: every success counts
         now = self._clock()
+        self._last_accepted = now
         self._accepted.append((now, cost))
         self._accepted_sum += cost
         self._forget(now)
@@ -350,3 +366,31 @@ class RateBudget:
                     "throttled": self.throttled_writes,
                 },
             )
+
+
+class SkippedTime:
+    """Time for a budget whose client sleeps through an injected (test) sleep.
+
+    A test's zero-wait sleep returns at once, but the waits it stood for did pass as far as
+    the budget is concerned: ``clock`` is ``time.monotonic`` plus every wait skipped so far,
+    the session's (``sleep``, which still calls the injected one) and the budget's own
+    (``skip``, which only yields).
+    """
+
+    def __init__(self, sleep: Sleep) -> None:
+        self._sleep = sleep
+        self.skipped = 0.0  # seconds
+
+    def clock(self) -> float:
+        """The monotonic clock, moved on by the skipped waits."""
+        return time.monotonic() + self.skipped
+
+    async def sleep(self, seconds: float) -> None:
+        """The injected sleep; its wait counts as passed."""
+        self.skipped += max(0.0, seconds)
+        await self._sleep(seconds)
+
+    async def skip(self, seconds: float) -> None:
+        """A budget wait: counted as passed, not slept."""
+        self.skipped += max(0.0, seconds)
+        await asyncio.sleep(0)
