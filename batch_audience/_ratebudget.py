@@ -54,14 +54,17 @@ Sleep = Callable[[float], Awaitable[None]]
 DEFAULT_RATE_BUDGET: Final = None  # IDs per second; None: learned from the server alone
 # A cut paces at this share of the refused rate (TCP Reno halves, CUBIC keeps 0.7; the
 # refused rate here is measured, not a window that overshot for a whole round trip).
-DEFAULT_DECREASE: Final = 0.85
-DEFAULT_NEAR: Final = 0.95  # growth aims at this share of the refused rate
+DEFAULT_DECREASE: Final = 0.9
+DEFAULT_NEAR: Final = 0.97  # growth aims at this share of the refused rate
 # Past the aim the rate grows by aim * cubic * t**3 (t: seconds of accepted writes since the
 # aim was reached): 2 % after 2 s, 25 % after 5 s, 4x (a release) after about 11 s.
 DEFAULT_CUBIC: Final = 0.002  # per second cubed
 DEFAULT_WINDOW: Final = 10.0  # seconds of accepted writes remembered
 DEFAULT_MIN_SPAN: Final = 2.0  # seconds: a shorter span of accepted writes tells a burst
 DEFAULT_RECOVER: Final = 0.5  # seconds from a cut back up to the aim
+# The accepted rate can lower the refused one by at most this share (a pause or a slow climb
+# in its span makes it read low).
+DEFAULT_GUARD: Final = 0.9
 DEFAULT_STEP: Final = 1.0  # seconds: the most one accepted write advances the growth curve
 DEFAULT_RELEASE: Final = 4.0  # let go once the rate is this many times the last refused one
 MIN_RATE: Final = 1.0  # IDs per second: the floor of a rate cut again and again
@@ -105,6 +108,7 @@ class RateBudget:
         min_span: float = DEFAULT_MIN_SPAN,
         step: float = DEFAULT_STEP,
         recover: float = DEFAULT_RECOVER,
+        guard: float = DEFAULT_GUARD,
         release: float = DEFAULT_RELEASE,
     ) -> None:
         self.cap = check_max_ids_per_second(max_ids_per_second)
@@ -117,6 +121,7 @@ class RateBudget:
         self._min_span = min_span
         self._step = step
         self._recover = recover
+        self._guard = guard
         self._release = release
         now = clock()
         # The learned curve: None until the first 429 (and after a release); else growth
@@ -245,8 +250,10 @@ class RateBudget:
             span = max(resume - max(first, now - self._window), 1.0)
             accepted = self._accepted_sum
             if accepted > 0:
-                start = accepted / span
                 aim = self._near * (accepted + cost) / span
+                # After a Retry-After the server's bucket has had the pause to refill: start
+                # at the aim. Without one, probe up from what it did take.
+                start = aim if retry_after else accepted / span
             elif self.cap is not None:
                 start, aim = self._decrease * self.cap, self._near * self.cap
             else:
@@ -272,7 +279,7 @@ class RateBudget:
                     measured = (taken + cost) / (now - since)
                     # It guards against a large overshoot only: a slow climb or a pause in
                     # the span makes it read low.
-                    refused = min(refused, max(measured, self._decrease * refused))
+                    refused = min(refused, max(measured, self._guard * refused))
             start = max(MIN_RATE, self._decrease * refused)
             aim = max(start, self._near * refused)
         if before is not None and start > before:
