@@ -65,6 +65,8 @@ DEFAULT_RECOVER: Final = 0.5  # seconds from a cut back up to the aim
 # The accepted rate can lower the refused one by at most this share (a pause or a slow climb
 # in its span makes it read low).
 DEFAULT_GUARD: Final = 0.9
+DEFAULT_FLOOR: Final = 0.5  # a cut keeps at least this share of the sustained accepted rate
+DEFAULT_SUSTAIN: Final = 5.0  # seconds over which an accepted rate counts as sustained
 DEFAULT_STEP: Final = 1.0  # seconds: the most one accepted write advances the growth curve
 DEFAULT_RELEASE: Final = 4.0  # let go once the rate is this many times the last refused one
 MIN_RATE: Final = 1.0  # IDs per second: the floor of a rate cut again and again
@@ -109,6 +111,8 @@ class RateBudget:
         step: float = DEFAULT_STEP,
         recover: float = DEFAULT_RECOVER,
         guard: float = DEFAULT_GUARD,
+        floor: float = DEFAULT_FLOOR,
+        sustain: float = DEFAULT_SUSTAIN,
         release: float = DEFAULT_RELEASE,
     ) -> None:
         self.cap = check_max_ids_per_second(max_ids_per_second)
@@ -122,6 +126,8 @@ class RateBudget:
         self._step = step
         self._recover = recover
         self._guard = guard
+        self._floor = floor
+        self._sustain = sustain
         self._release = release
         now = clock()
         # The learned curve: None until the first 429 (and after a release); else growth
@@ -135,6 +141,7 @@ class RateBudget:
         self._stamp = now  # when _tokens was last brought up to date
         self._paused_until = -math.inf
         self._last_cut = -math.inf
+        self._first_cut = math.inf  # when pacing began (the first cut, since any release)
         # Writes sent from this time on took their tokens when they went out.
         self._paced_since = math.inf if max_ids_per_second is None else -math.inf
         self._first_write: float | None = None
@@ -281,13 +288,19 @@ class RateBudget:
                     # the span makes it read low.
                     refused = min(refused, max(measured, self._guard * refused))
             start = max(MIN_RATE, self._decrease * refused)
+            # Never far below what the server took for seconds on end since pacing began:
+            # 429s that come at random (not from a limit) must not wear the rate down cut by
+            # cut, as they would plain AIMD.
+            start = max(start, self._floor * self._sustained(now))
             aim = max(start, self._near * refused)
         if before is not None and start > before:
             # A cut never speeds writes up, whatever the guesses above say.
             start = before
             aim = max(aim, start)
-        if self._aim is None and self.cap is None:
-            self._paced_since = now
+        if self._aim is None:
+            self._first_cut = now
+            if self.cap is None:
+                self._paced_since = now
         self._aim = aim
         self._refused = aim / self._near
         self._drop = 1.0 - start / aim
@@ -342,6 +355,21 @@ class RateBudget:
             if self._tokens < 0:
                 self._tokens = min(0.0, self._tokens + (now - self._stamp) * rate)
             self._stamp = now
+
+    def _sustained(self, now: float) -> float:
+        """The most IDs per second accepted over any ``sustain`` seconds since pacing began."""
+        self._forget(now)
+        span = self._sustain
+        entries = [(at, ids) for at, ids in self._accepted if at > self._first_cut]
+        best = total = 0
+        low = 0
+        for at, ids in entries:
+            total += ids
+            while entries[low][0] <= at - span:
+                total -= entries[low][1]
+                low += 1
+            best = max(best, total)
+        return best / span
 
     def _forget(self, now: float) -> None:
         horizon = now - self._window
