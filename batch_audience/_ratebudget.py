@@ -22,10 +22,14 @@ Learning: AIMD as TCP does it with its window, on a rate, with CUBIC's growth cu
 - A cut at rate ``W`` paces at ``decrease * W`` and aims growth at ``near * W``: CUBIC
   (RFC 8312) grows fast back towards the aim, flat near it, then faster again, probing upward.
   The aim sits below ``W`` because ``W`` was refused: plateauing just under it keeps 429s
-  rare.
+  rare. ``W`` is the rate when the 429 came, lowered (by ``guard`` at most) towards what the
+  server accepted since the cut before, since its bucket can absorb an overshoot for a while;
+  and a cut never goes below ``floor`` times the rate the server sustained for ``sustain``
+  seconds since pacing began, so 429s that come at random do not wear the rate down.
 - The first cut has no rate to start from. The server accepted ``A`` IDs in the ``T`` seconds
-  from the first write to the end of the pause; it paces at ``A / T`` and aims at what it would
-  have been had the refused write gone too, ``(A + cost) / T``.
+  from the first write to the end of the pause; had it taken the refused write too, it would
+  have allowed ``(A + cost) / T``, the aim. After a ``Retry-After`` (the server's bucket had
+  the pause to refill) pacing starts at the aim; without one, at ``A / T``, probing upward.
 - ``Retry-After`` pauses every write of the client that long (the server's word on when writes
   may go again); without it, the refused write is retried once the new rate has paid for it.
 - Once the rate stands ``release`` times above the rate last refused, with writes accepted all
@@ -44,14 +48,15 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-__all__ = ["DEFAULT_RATE_BUDGET", "RateBudget", "SkippedTime", "check_max_ids_per_second"]
+from ._exceptions import ValidationError
+
+__all__ = ["RateBudget", "SkippedTime", "check_max_ids_per_second"]
 
 logger = logging.getLogger("batch_audience")
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
-DEFAULT_RATE_BUDGET: Final = None  # IDs per second; None: learned from the server alone
 # A cut paces at this share of the refused rate (TCP Reno halves, CUBIC keeps 0.7; the
 # refused rate here is measured, not a window that overshot for a whole round trip).
 DEFAULT_DECREASE: Final = 0.9
@@ -86,8 +91,6 @@ def check_max_ids_per_second(value: float | None) -> float | None:
         or not math.isfinite(value)
         or value < MIN_RATE
     ):
-        from ._exceptions import ValidationError
-
         raise ValidationError(
             f"max_ids_per_second must be None or a finite number >= {MIN_RATE:g}, got {value!r}"
         )

@@ -267,7 +267,6 @@ class Session:
                 last = exc
                 counted += 1
                 throttled = exc if isinstance(exc, RateLimitError) else None
-                paced = budget is not None and throttled is not None
                 if budget is not None and throttled is not None:
                     assert began_budget is not None
                     if sent_at is not None:
@@ -285,7 +284,7 @@ class Session:
                     exc.add_note(f"gave up after {attempt} attempts")
                     raise
                 delay = self.retry_delay(attempt, exc, policy)
-                if paced and throttled is not None and throttled.retry_after is None:
+                if budget is not None and throttled is not None and throttled.retry_after is None:
                     # No word from the server: the budget holds the retry until the new
                     # rate has paid for the refused IDs; a backoff on top would only idle.
                     delay = 0.0
@@ -335,13 +334,16 @@ class Session:
             if last is not None:
                 last.add_note(_deadline_note(attempt - 1, policy))
                 raise last
-            raise RequestTimeout(
+            never_sent = RequestTimeout(
                 f"the call's deadline of {policy.deadline:g} s passed before the request "
                 "could be sent",
                 method=route.method,
                 url=redact_url(route.path),
                 request_sent=False,
             )
+            if budget is not None:
+                never_sent.add_note(f"the rate budget: {budget.describe()}")
+            raise never_sent
 
     async def _take_budget(
         self, budget: RateBudget, cost: int, deadline: float | None
