@@ -6,7 +6,7 @@ import enum
 import logging
 import random
 import warnings
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, Self, final
 
@@ -31,7 +31,7 @@ from ._exceptions import (
     UnsupportedOperation,
     ValidationError,
 )
-from ._models import AudienceInfo, IndexingState, ProgressCallback, UploadReport, converter
+from ._models import AudienceInfo, IndexingState, ProgressCallback, Records, UploadReport, converter
 from ._poller import wait_applied
 from ._ratebudget import RateBudget, SkippedTime
 from ._redact import mask, redact_url
@@ -45,8 +45,6 @@ __all__ = ["AudienceClient", "CustomAudienceClient"]
 logger = logging.getLogger("batch_audience")
 
 DEFAULT_PAGE_SIZE: Final = 100  # audiences per list request
-
-Records = Iterable[object] | AsyncIterable[object]
 
 
 class _State(enum.Enum):
