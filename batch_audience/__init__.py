@@ -32,10 +32,12 @@ from ._models import (
     Progress,
     ProgressCallback,
     Record,
+    SyncReport,
     UploadReport,
     Url,
 )
 from ._sources import SourceError, open_records
+from ._syncstate import SyncDriftError, SyncStateError
 from ._writer import (
     AudienceWriter,
     DrainTimeout,
@@ -75,6 +77,9 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "SourceError",
+    "SyncDriftError",
+    "SyncReport",
+    "SyncStateError",
     "Timeouts",
     "TransportError",
     "UnsupportedOperation",
