@@ -214,6 +214,10 @@ class SyncState:
                 raise SyncStateError(
                     f"sync state {self.path!r} is open in another program right now"
                 ) from None
+            if "not a valid duckdb" in text.lower():
+                raise SyncStateError(
+                    f"{self.path!r} is not a batch_audience sync state (a DuckDB database)"
+                ) from None
             raise SyncStateError(f"sync state {self.path!r} cannot be opened: {text}") from None
         except duckdb.Error as exc:
             raise SyncStateError(
