@@ -132,6 +132,19 @@ async def run_sync(
         if meta.synced and not (meta.unfinished or meta.needs_full or full):
             await _check_drift(client, name, meta.snapshot_count)
         await _stage(source, intake, opened, worker, name, progress, started)
+        if progress is not None:
+            rows = opened.rows
+            progress(
+                Progress(
+                    audience=name,
+                    operation="diff",
+                    records=rows,
+                    total=rows,
+                    requests=0,
+                    retries=0,
+                    elapsed=time.monotonic() - started,
+                )
+            )
         plan = await worker.run(opened.plan, full)
         is_full = opened.full
         report = SyncReport(

@@ -284,3 +284,18 @@ async def test_custom_audience_api_1_0_syncs_an_empty_audience_with_adds(
         with pytest.raises(ba.UnsupportedOperation, match="delete and recreate"):
             await client.sync("filled", ["a"], state=tmp_path / "filled.state")
         assert set(fake_server.members("filled", api_key=fake_server.api_key)) == {"x"}
+
+
+async def test_progress_reports_each_phase_in_order(
+    client: ba.AudienceClient, fake_server: FakeBatchServer, tmp_path: Path
+) -> None:
+    """read (with the source's length), diff, then each upload with the planned total."""
+    state = tmp_path / "aud.state"
+    await client.create("aud")
+    await client.sync("aud", ["a", "b"], state=state)
+    seen: list[ba.Progress] = []
+    await client.sync("aud", ["b", "c"], state=state, progress=seen.append)
+    phases = [p.operation for p in seen]
+    assert phases == ["read", "diff", "remove", "add"]
+    assert (seen[0].records, seen[0].total) == (2, 2)
+    assert [(p.records, p.total) for p in seen[2:]] == [(1, 1), (1, 1)]
