@@ -79,11 +79,17 @@ class _Worker:
 
     async def close(self, state: SyncState | None) -> None:
         """Close the state after whatever call is under way, then stop the thread."""
-        if state is not None:
-            closing = asyncio.get_running_loop().run_in_executor(self._pool, state.close)
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(closing)
-        self._pool.shutdown(wait=False)
+        try:
+            if state is not None:
+                closing = asyncio.get_running_loop().run_in_executor(self._pool, state.close)
+                try:
+                    await asyncio.shield(closing)
+                except asyncio.CancelledError:
+                    # The close still runs after the call under way; the lock goes with it.
+                    closing.add_done_callback(_consume)
+                    raise
+        finally:
+            self._pool.shutdown(wait=False)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

@@ -299,3 +299,25 @@ async def test_progress_reports_each_phase_in_order(
     assert phases == ["read", "diff", "remove", "add"]
     assert (seen[0].records, seen[0].total) == (2, 2)
     assert [(p.records, p.total) for p in seen[2:]] == [(1, 1), (1, 1)]
+
+
+async def test_a_cancelled_sync_releases_its_state_and_a_rerun_converges(
+    client: ba.AudienceClient, fake_server: FakeBatchServer, tmp_path: Path
+) -> None:
+    """Cancelled while sending: the lock is released, the task ends, and a rerun converges."""
+    state = tmp_path / "aud.state"
+    await client.create("aud")
+    await client.sync("aud", people(range(100)), state=state)
+    fake_server.fail_next(delay=3600, path=UPDATE)  # the first write hangs
+    task = asyncio.create_task(client.sync("aud", people(range(50, 150)), state=state))
+    for _ in range(3000):
+        if fake_server.in_flight:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    fake_server.clear_faults()
+    report = await client.sync("aud", people(range(50, 150)), state=state)
+    assert report.resumed
+    assert set(fake_server.members("aud")) == {f"u-{i}" for i in range(50, 150)}
