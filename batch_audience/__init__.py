@@ -1,4 +1,24 @@
-"""An asyncio client and batching engine for Batch.com's audience APIs."""
+"""An asyncio client and batching engine for Batch.com's audience APIs.
+
+Everything public is imported from here; the modules behind it are private and each has one
+role. The clients (``_client``: ``AudienceClient`` for Audience API 2.x,
+``CustomAudienceClient`` for Custom Audience API 1.0/1.1) are facades over the rest.
+``_session`` is the only code that does I/O: one aiohttp session, auth per generation,
+timeouts, retries that honour Retry-After within a deadline, and the translation of every
+transport error; ``_endpoints`` builds each generation's routes and bodies. Bulk uploads and
+the writer share one pipeline: ``_intake`` turns each record into its wire JSON (the rules
+themselves live in ``_validate``, the authority, with a fast path compiled per record shape),
+``_chunker`` is the batcher that seals at most 10,000 encoded entries into a chunk (lazily,
+yielding to the loop), and ``_sender`` writes sealed chunks through the session with bounded
+concurrency, per-ID order, in-order acknowledgements and the client's rate budget.
+``_upload`` runs ``add``/``remove``/``replace`` on that pipeline (the replace-first rule,
+reports, progress); ``_writer`` is the buffered writer for event consumers (size/age flushes,
+backpressure, drain) on the same intake and sender; ``_poller`` waits for indexing tokens;
+``_checkpoint`` makes uploads resumable; ``_sources`` reads CSV and NDJSON files. Data
+classes are in ``_models``, policies in ``_config``, the error tree in ``_exceptions``, key
+masking in ``_redact``, optional OpenTelemetry spans in ``_tracing``, the command line in
+``_cli``. ``batch_audience.testing`` is the fake Batch server for your own tests.
+"""
 
 import contextlib as _contextlib
 from typing import Any as _Any

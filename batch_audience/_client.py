@@ -9,7 +9,7 @@ import random
 import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self, final
+from typing import Any, Final, Self, final
 
 import aiohttp
 import attrs
@@ -45,9 +45,7 @@ from ._redact import mask, redact_url
 from ._session import DEFAULT_MAX_RESPONSE_BYTES, Session, SleepFn, is_loopback
 from ._upload import DEFAULT_CONCURRENCY, AckHook, Operation, run_upload
 from ._validate import MAX_ENTRIES, check_audience_name
-
-if TYPE_CHECKING:
-    from ._writer import AudienceWriter, ErrorHandler
+from ._writer import AudienceWriter, ErrorHandler
 
 __all__ = ["AudienceClient", "CustomAudienceClient"]
 
@@ -506,8 +504,6 @@ class _BaseClient:
         drain_timeout: float = 30.0,
     ) -> AudienceWriter:
         """A buffered writer for event consumers: size/age flushes, backpressure, nothing lost."""
-        from ._writer import AudienceWriter
-
         self._open()
         return AudienceWriter(
             self,

@@ -90,7 +90,16 @@ class BatchAudienceError(Exception):
 
 
 class ValidationError(BatchAudienceError, ValueError):
-    """A record or argument broke a rule; raised before anything is sent."""
+    """A record or argument broke a rule; raised before anything is sent.
+
+    Raised by an upload part-way, it carries ``.acknowledged`` (every record before that
+    stream position was acknowledged: resume there) and ``.report``; chunks that were in
+    flight and failed meanwhile are in ``.errors`` (the first is also ``__cause__``, and the
+    message names it), so an API failure is never hidden behind a bad record.
+    """
+
+    # API errors of chunks that failed in flight before this was raised, in stream order.
+    errors: tuple[Exception, ...] = ()
 
     def __init__(
         self,
@@ -117,6 +126,12 @@ class ValidationError(BatchAudienceError, ValueError):
         tail = ""
         if self.acknowledged is not None:
             tail = f" ({self.acknowledged} earlier records were acknowledged by the server)"
+        if self.errors:
+            n = len(self.errors)
+            tail += (
+                f"; {n} chunk{'' if n == 1 else 's'} sent before it failed in flight, "
+                f"the first with {self.errors[0]} (see .errors)"
+            )
         return f"{where}{self.rule}{tail}"
 
     def __reduce__(self) -> Any:

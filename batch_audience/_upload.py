@@ -1,76 +1,45 @@
-"""The upload engine: sends chunker payloads with bounded, adaptive concurrency and per-ID order.
+"""Bulk uploads: records -> intake -> chunks -> the sender; the replace-first rule; the report.
 
-Rules kept here (spec §5.5, §7, §8):
+The sending itself (concurrency, per-ID order, retries, 429 back-off, in-order
+acknowledgements and the rate-budget hook) is ``_sender``'s; this module wires a source to it
+and keeps what only an upload has:
 
-- chunks are sent in stream order, and a chunk is never in flight while an earlier chunk
-  that shares an ID with it is (so an add and a later remove of one ID cannot swap);
 - a replace sends its first chunk as the replace call and only after its 2xx the rest as
   ``add`` updates; beyond one chunk the replace is not atomic and the report says so;
-- on 429 the number of chunks in flight halves (down to 1), then grows by one after each
-  run of successes, up to the configured concurrency.
+- progress after each acknowledged chunk, and the UploadReport, complete or partial;
+- what a failure says. A bad record (ValidationError) lets the chunks already in flight land,
+  then is raised with ``acknowledged`` set to the contiguous acknowledged prefix (every record
+  before that stream position was acknowledged: resume there) and ``.report``; if chunks
+  failed in flight meanwhile, their errors are on it too (``.errors``, the first as
+  ``__cause__``, one note per failed chunk, and a mention in its message): an API failure is
+  never hidden behind the caller's bad input. An API error cancels the chunks in flight and is
+  raised with ``.report`` and notes: the records acknowledged, the safe resume position, every
+  other chunk that failed, and how many chunks were cancelled with their outcome unknown.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterable, Callable, Iterable
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import attrs
 import orjson
 
 from ._chunker import Chunk, aiter_chunks
 from ._endpoints import ApiRoute, Endpoints
-from ._exceptions import (
-    BatchAudienceError,
-    RateLimitError,
-    ValidationError,
-)
+from ._exceptions import BatchAudienceError, ValidationError
 from ._intake import Intake
 from ._models import Progress, ProgressCallback, UploadReport
-from ._session import Response, Session
-from ._tracing import span
+from ._sender import DEFAULT_CONCURRENCY, NO_BUDGET, RateBudget, Sender, Sent
+from ._session import Session
 from ._validate import MAX_ENTRIES
 
 __all__ = ["DEFAULT_CONCURRENCY", "AckHook", "Operation", "run_upload"]
 
-DEFAULT_CONCURRENCY: Final = 4  # requests in flight for one upload
-
 Operation = Literal["add", "remove", "replace"]
 # Called after each acknowledged chunk: (first position, end position, token or None).
 AckHook = Callable[[int, int, str | None], None]
-
-
-class _Concurrency:
-    """Halves on 429, grows back by one after each run of successes (AIMD, like TCP)."""
-
-    def __init__(self, ceiling: int) -> None:
-        self.ceiling = ceiling
-        self.limit = ceiling
-        self._successes = 0
-
-    def throttled(self) -> None:
-        self.limit = max(1, self.limit // 2)
-        self._successes = 0
-
-    def succeeded(self) -> None:
-        if self.limit >= self.ceiling:
-            return
-        self._successes += 1
-        if self._successes >= self.limit:
-            self.limit += 1
-            self._successes = 0
-
-
-@attrs.frozen(slots=True)
-class _Sent:
-    """What the engine keeps of a chunk once handed to a task: its place, size and IDs."""
-
-    index: int
-    start: int
-    count: int
-    ids: frozenset[str] | set[str]
 
 
 @attrs.define
@@ -115,11 +84,18 @@ async def run_upload(
     start: int = 0,
     skip_replace: bool = False,
     on_ack: AckHook | None = None,
+    budget: RateBudget = NO_BUDGET,
 ) -> UploadReport:
     """Stream ``source`` into the audience; return the report or raise with the partial one.
 
     ``start`` numbers stream positions from an offset (a resumed upload); ``skip_replace``
     sends a replace's first chunk as an add (its replace was acknowledged by an earlier run).
+    ``on_ack`` and ``progress`` are called in stream order, each acknowledged chunk once.
+
+    Raises:
+        ValidationError: a record broke a rule; ``.acknowledged`` is the safe resume position,
+            ``.report`` what landed, ``.errors`` the API errors of chunks that failed in flight.
+        BatchAudienceError: a chunk failed for good; ``.report`` and notes say what landed.
     """
     check_concurrency(concurrency)
     check_chunk_size(chunk_size)
@@ -128,10 +104,8 @@ async def run_upload(
     intake = Intake(endpoints.generation, "add" if operation == "replace" else operation)
     replace_first = operation == "replace" and not skip_replace
     first = Intake(endpoints.generation, "replace") if replace_first else None
-    limiter = _Concurrency(concurrency)
     tally = _Tally()
     started = time.monotonic()
-    pending: dict[asyncio.Task[Response], _Sent] = {}
 
     def report() -> UploadReport:
         return UploadReport(
@@ -145,20 +119,18 @@ async def run_upload(
             atomic=tally.requests <= 1,
         )
 
-    def on_retry(exc: BatchAudienceError, _delay: float) -> None:
+    def on_retry(_exc: BatchAudienceError, _delay: float) -> None:
         tally.retries += 1
-        if isinstance(exc, RateLimitError):
-            limiter.throttled()
 
-    def acknowledge(chunk: _Sent, response: Response) -> None:
-        tally.records += chunk.count
+    def acknowledge(sent: Sent) -> None:
+        tally.records += sent.count
         tally.requests += 1
-        token = _token(response.data)
+        assert sent.response is not None
+        token = _token(sent.response.data)
         if token is not None:
-            tally.tokens[chunk.index] = token
-        limiter.succeeded()
+            tally.tokens[sent.index] = token
         if on_ack is not None:
-            on_ack(chunk.start, chunk.start + chunk.count, token)
+            on_ack(sent.start, sent.end, token)
         if progress is not None:
             progress(
                 Progress(
@@ -172,84 +144,83 @@ async def run_upload(
                 )
             )
 
-    async def send(route: ApiRoute) -> Response:
-        with span(
-            "batch_audience.chunk",
-            {"batch_audience.audience": name, "batch_audience.operation": route.operation},
-        ):
-            return await session.send(route, on_retry=on_retry)
+    def update(chunk: Chunk) -> ApiRoute:
+        return endpoints.update(name, orjson.Fragment(chunk.body), audience_type)
 
-    async def send_update(chunk: Chunk) -> Response:
-        route = endpoints.update(name, orjson.Fragment(chunk.body), audience_type)
-        # Building the body and writing it to the socket each copy megabytes: not in one turn.
-        await asyncio.sleep(0)
-        return await send(route)
-
-    async def reap(return_when: str) -> None:
-        done, _ = await asyncio.wait(pending, return_when=return_when)
-        failure: BaseException | None = None
-        # Acknowledge every finished chunk before raising, so the report is complete.
-        for task in sorted(done, key=lambda t: pending[t].index):
-            chunk = pending.pop(task)
-            exc = task.exception()
-            if exc is None:
-                acknowledge(chunk, task.result())
-            elif failure is None:
-                failure = exc
-        if failure is not None:
-            raise failure
-
-    async def overlaps(chunk: Chunk) -> bool:
-        # One 10,000-ID comparison per chunk in flight, with a turn for the loop in between.
-        for other in list(pending.values()):
-            if not chunk.ids.isdisjoint(other.ids):
-                return True
-            await asyncio.sleep(0)
-        return False
+    sender = Sender(
+        session,
+        update,
+        concurrency=concurrency,
+        start=start,
+        budget=budget,
+        on_ack=acknowledge,
+        on_retry=on_retry,
+        audience=name,
+    )
 
     async def pump() -> None:
         replace_pending = replace_first
-        sent_any = False
         chunks = aiter_chunks(source, intake, size=chunk_size, start=start, first=first)
         async for chunk in chunks:
-            sent_any = True
             if replace_pending:
                 replace_pending = False
-                sent = _Sent(chunk.index, chunk.start, len(chunk), chunk.ids)
-                route = endpoints.replace(name, orjson.Fragment(chunk.body))
-                acknowledge(sent, await send(route))
-                continue
-            while pending and (len(pending) >= limiter.limit or await overlaps(chunk)):
-                await reap(asyncio.FIRST_COMPLETED)
-            sent = _Sent(chunk.index, chunk.start, len(chunk), chunk.ids)
-            pending[asyncio.create_task(send_update(chunk))] = sent
-        if replace_pending and not sent_any:
+                await sender.send(chunk, endpoints.replace(name, orjson.Fragment(chunk.body)))
+            else:
+                await sender.put(chunk)
+        if replace_pending:
             # An empty stream replaces the audience with nobody: one replace with no IDs.
-            empty = _Sent(index=0, start=start, count=0, ids=frozenset())
-            acknowledge(empty, await send(endpoints.replace(name, [])))
-        while pending:
-            await reap(asyncio.ALL_COMPLETED)
+            empty = Chunk(0, start, 0, b"[]", frozenset())
+            await sender.send(empty, endpoints.replace(name, []))
+        await sender.join()
 
     try:
         await pump()
     except ValidationError as exc:
-        # Records already handed to the server stay valid: let them land, then say how many did.
-        await _settle(pending, acknowledge)
-        exc.acknowledged = start + tally.records
+        # Records already handed to the server stay valid: let them land, then say how many
+        # did, and never let a chunk that failed meanwhile go unsaid.
+        await sender.settle()
+        # The error itself is among them when a chunk's own request raised it.
+        failed = [sent for sent in sender.take_failures() if sent.error is not exc]
+        exc.acknowledged = sender.acknowledged
         exc.report = report()
+        if failed:
+            _attach_failures(exc, failed)
         raise
     except BatchAudienceError as exc:
-        await _cancel(pending)
+        await sender.abort()
+        failed = sender.take_failures()
         exc.report = report()
+        for other in failed:
+            if other.error is not exc:
+                exc.add_note(f"another chunk failed too, {other.where}: {other.error}")
+        if sender.cancelled:
+            exc.add_note(
+                f"{sender.cancelled} chunk(s) in flight were cancelled: whether they were "
+                "applied is unknown"
+            )
         exc.add_note(
             f"{operation} to {name!r} stopped: {tally.records} records acknowledged "
-            f"in {tally.requests} requests before this error (see .report)"
+            f"in {tally.requests} requests before this error (see .report); every record "
+            f"before position {sender.acknowledged} was acknowledged: resume from position "
+            f"{sender.acknowledged}"
         )
         raise
     except BaseException:
-        await _cancel(pending)
+        await sender.abort()
         raise
     return report()
+
+
+def _attach_failures(exc: ValidationError, failed: list[Sent]) -> None:
+    """Put the API errors of chunks that failed in flight on the ValidationError raised."""
+    errors = tuple(sent.error for sent in failed if isinstance(sent.error, Exception))
+    exc.errors = errors
+    if exc.__cause__ is None and errors:
+        exc.__cause__ = errors[0]
+    for sent in failed:
+        exc.add_note(
+            f"a chunk sent before this record failed in flight, {sent.where}: {sent.error}"
+        )
 
 
 def _token(data: Any) -> str | None:
@@ -266,24 +237,3 @@ def _length(source: object) -> int | None:
         return len(source)  # type: ignore[arg-type]
     except TypeError:
         return None
-
-
-async def _settle(
-    pending: dict[asyncio.Task[Response], _Sent], acknowledge: Callable[[_Sent, Response], None]
-) -> None:
-    if not pending:
-        return
-    await asyncio.wait(pending)
-    for task in sorted(pending, key=lambda t: pending[t].index):
-        if task.exception() is None:
-            acknowledge(pending[task], task.result())
-    pending.clear()
-
-
-async def _cancel(pending: dict[asyncio.Task[Response], _Sent]) -> None:
-    for task in pending:
-        task.cancel()
-    if pending:
-        # Wait for the cancellations to land so no task outlives the upload.
-        await asyncio.gather(*pending, return_exceptions=True)
-    pending.clear()

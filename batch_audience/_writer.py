@@ -40,18 +40,20 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Literal, Self, final
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, Self, final
 
 import attrs
 import orjson
 
+from ._chunker import Chunk
 from ._exceptions import BatchAudienceError, ClientClosedError, ValidationError
 from ._intake import Intake
 from ._models import AttributeValue, Record
+from ._sender import Sender
 from ._validate import MAX_ENTRIES, check_audience_name
 
 if TYPE_CHECKING:
-    from ._client import _BaseClient
+    from ._endpoints import Endpoints
     from ._session import Session
 
 __all__ = [
@@ -278,6 +280,17 @@ def _seconds(field: str, value: object, *, zero: bool) -> float:
     raise ValidationError(f"{field} must be a finite number of seconds {bound}, got {value!r}")
 
 
+class WriterHost(Protocol):
+    """What a writer needs of the client that made it (a protocol: no import of ``_client``)."""
+
+    _session: Session
+    _endpoints: Endpoints
+
+    def _open(self) -> object: ...
+
+    async def _upload_type(self, name: str, audience_type: str | None) -> str | None: ...
+
+
 class _Batch:
     """A sealed batch: its ``ids`` array as JSON, its entry count, its first entry's position."""
 
@@ -337,7 +350,7 @@ class AudienceWriter:
 
     def __init__(
         self,
-        client: _BaseClient,
+        client: WriterHost,
         name: str,
         *,
         max_records: int = MAX_ENTRIES,
@@ -370,6 +383,15 @@ class AudienceWriter:
         self._encode_remove = Intake(generation, "remove").encode
         self._audience_type: str | None = None
         self._type_known = False
+        self._writes = Sender(
+            self._session,
+            lambda chunk: self._endpoints.update(
+                self._name, orjson.Fragment(chunk.body), self._audience_type
+            ),
+            concurrency=1,
+            on_retry=self._count_retry,
+            audience=name,
+        )
 
         self._state = _State.UNOPENED
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -751,10 +773,16 @@ class AudienceWriter:
             # 1.0 bodies name the audience's type: looked up once, by the first batch.
             self._audience_type = await self._client._upload_type(self._name, None)
             self._type_known = True
-        # The route builder writes the body; the ids array goes in as raw JSON (one Fragment).
-        ids = orjson.Fragment(bytes(batch.json))
-        route = self._endpoints.update(self._name, ids, self._audience_type)
-        response = await self._session.send(route, on_retry=self._count_retry)
+        # The uploads' sender writes it: the same retries, tracing and rate budget. One batch
+        # at a time (``send``), so no ID set is needed for per-ID order.
+        chunk = Chunk(self._done, batch.start, batch.count, bytes(batch.json), frozenset())
+        try:
+            response = await self._writes.send(chunk)
+        except BaseException:
+            # The writer keeps its own books of failed entries (``_failure``): the sender's
+            # copy is dropped, so the next batch goes on.
+            self._writes.take_failures()
+            raise
         self._acked += batch.count
         self._requests += 1
         data = response.data

@@ -124,3 +124,90 @@ def run_in_child(script: str, args: list[str]) -> Any:
         [sys.executable, script, *args], capture_output=True, text=True, check=True, env=env
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+SINK_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sink.py")
+
+
+@contextlib.contextmanager
+def sink_process() -> Iterator[FakeProcess]:
+    """Start ``benchmarks/_sink.py`` (parses writes, applies nothing) in a child process.
+
+    Yields the same fields as ``fake_server_process``; stopped by its PID after.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, SINK_SCRIPT, "--port", "0"], stdout=subprocess.PIPE, text=True, bufsize=1
+    )
+    info: dict[str, str] = {}
+    assert proc.stdout is not None
+    while len(info) < 4:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        key, _, value = line.strip().partition(": ")
+        if key in ("url", "rest_key", "project_key", "api_key"):
+            info[key] = value
+    if len(info) < 4:
+        proc.kill()
+        proc.wait()
+        raise RuntimeError("the sink did not start")
+    try:
+        yield FakeProcess(process=proc, **info)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def server_process(kind: str) -> contextlib.AbstractContextManager[FakeProcess]:
+    """``sink_process()`` for "sink", ``fake_server_process()`` for "fake"."""
+    if kind == "sink":
+        return sink_process()
+    if kind == "fake":
+        return fake_server_process()
+    raise ValueError(f"unknown server {kind!r}")
+
+
+def sink_stats(url: str) -> dict[str, Any]:
+    """The sink's counters: requests, entries, bytes, by_audience, cpu_s, peak_rss_mb."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/_stats", timeout=30) as response:
+        data: dict[str, Any] = json.loads(response.read())
+    return data
+
+
+_PAGE_MB = os.sysconf("SC_PAGE_SIZE") / (1024 * 1024) if hasattr(os, "sysconf") else 0.0
+
+
+def current_rss_mb() -> float:
+    """This process's resident set size now, in MB (Linux /proc; the peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE_MB
+    except OSError:
+        return peak_rss_mb()
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) of another process, from /proc (Linux); None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # Fields after the ")" that closes the command name; utime and stime are the
+            # 14th and 15th fields of stat(5), so the 12th and 13th here.
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> str:
+    """The 1-minute load average, or "n/a": how busy the shared machine was."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "n/a"

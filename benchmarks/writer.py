@@ -1,18 +1,25 @@
 """Writer throughput: events/s through one AudienceWriter, its CPU time and the loop lag it causes.
 
     python benchmarks/writer.py [-n 1000000] [--max-records 10000] [--attributes 3] [--repeat 1]
+                                [--server sink|fake]
 
-Starts the bundled fake server in its own process (Audience API 2.x; a fresh one per run),
-then pushes N events through ``client.writer(...)`` from one producer loop, as an event
-consumer would: 90% adds of IDs from a pool of N/2 users with ``--attributes`` attributes
-(str, int, float), 10% removes. A side task sleeps 1 ms in a loop and records how late it
-wakes (loop lag).
+Starts a server in its own process (Audience API 2.x; a fresh one per run), then pushes N
+events through ``client.writer(...)`` from one producer loop, ``await writer.add(...)`` per
+event, as an event consumer would: 90% adds of IDs from a pool of N/2 users with
+``--attributes`` attributes (str, int, float), 10% removes. A side task sleeps 1 ms in a loop
+and records how late it wakes (loop lag).
+
+Servers: ``sink`` (default, ``benchmarks/_sink.py``) parses each body and answers a token, so
+the writer is the bottleneck; ``fake`` (the bundled FakeBatchServer) also applies every entry
+and is the slowest part: a whole-system figure.
 
 Reported per run: sustained events/s (first add to the end of the final flush; making the
 events, ~1-2 us each, is included, as in a real consumer), the CPU time of the client process
-and of the server process (from /proc, Linux only), loop lag p99 and max, requests sent and
-peak RSS. Afterwards the audience's ``nb_ids`` is checked against a replay of the events, so
-a fast but lossy writer fails.
+and of the server process (from /proc, Linux only), loop lag p99 and max, requests sent, peak
+RSS and RSS growth (peak minus the RSS before the first event). Every event is checked as
+received, so a fast but lossy writer fails: against the sink, the entries it received for the
+audience must equal N; against the fake, the audience's ``nb_ids`` must equal a replay of the
+events.
 
 The machines are shared and noisy: compare runs made together, and check that nothing else
 is busy (``uptime``) before trusting absolute figures.
@@ -22,13 +29,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
-from _common import LoopLag, cpu_seconds, fake_server_process, peak_rss_mb
+from _common import (
+    LoopLag,
+    cpu_seconds,
+    current_rss_mb,
+    load_average,
+    peak_rss_mb,
+    process_cpu_seconds,
+    server_process,
+    sink_stats,
+)
 
 import batch_audience as ba
 
@@ -62,18 +78,6 @@ def expected_members(stream: Iterator[Event]) -> int:
     return len(members)
 
 
-def process_cpu_seconds(pid: int) -> float | None:
-    """CPU time (user + system) of another process, from /proc (Linux); None elsewhere."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            # Fields after the ")" that closes the command name; utime and stime are the
-            # 14th and 15th fields of stat(5), so the 12th and 13th here.
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def run(
     url: str, rest_key: str, project_key: str, args: argparse.Namespace, server_pid: int
 ) -> dict[str, Any]:
@@ -81,6 +85,7 @@ async def run(
     name = f"bench_{time.monotonic_ns()}"
     async with ba.AudienceClient(rest_key, project_key, base_url=url) as client:
         await client.create(name)
+        base_rss = current_rss_mb()
         lag = LoopLag()
         lag.start()
         cpu0 = cpu_seconds()
@@ -102,9 +107,16 @@ async def run(
         server1 = process_cpu_seconds(server_pid)
         await lag.stop()
         info = await client.view(name)
-    want = expected_members(events(args.n, args.attributes))
-    if info.nb_ids != want:
-        raise SystemExit(f"lost entries: the audience holds {info.nb_ids} IDs, expected {want}")
+    if result.entries != args.n or result.failed:
+        raise SystemExit(f"the writer acknowledged {result.entries} of {args.n} entries")
+    if args.server == "sink":
+        got = sink_stats(url)["by_audience"].get(name, 0)
+        if got != args.n:
+            raise SystemExit(f"lost entries: the sink received {got}, expected {args.n}")
+    else:
+        want = expected_members(events(args.n, args.attributes))
+        if info.nb_ids != want:
+            raise SystemExit(f"lost entries: the audience holds {info.nb_ids} IDs, expected {want}")
     return {
         "events": args.n,
         "events_per_s": args.n / elapsed,
@@ -115,6 +127,7 @@ async def run(
         "retries": result.retries,
         "members": info.nb_ids,
         "peak_rss_mb": peak_rss_mb(),
+        "rss_growth_mb": peak_rss_mb() - base_rss,
         **lag.summary(),
     }
 
@@ -132,6 +145,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         "lag max ms",
         "requests",
         "peak RSS MB",
+        "RSS growth MB",
     )
     lines = [" | ".join(f"{h:>12}" for h in head)]
     for i, r in enumerate(rows, 1):
@@ -147,6 +161,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['lag_max_ms']:.2f}",
             r["requests"],
             f"{r['peak_rss_mb']:.0f}",
+            f"{r['rss_growth_mb']:.0f}",
         )
         lines.append(" | ".join(f"{c!s:>12}" for c in cells))
     return "\n".join(lines)
@@ -160,13 +175,26 @@ def main() -> None:
     parser.add_argument("--max-delay", type=float, default=5.0, help="seconds before an age flush")
     parser.add_argument("--attributes", type=int, default=3, help="attributes per add (<= 15)")
     parser.add_argument("--repeat", type=int, default=1, help="runs, each on a fresh server")
+    parser.add_argument(
+        "--server",
+        choices=("sink", "fake"),
+        default="sink",
+        help="sink: parses only (the writer's own cost); fake: applies too (whole system)",
+    )
     args = parser.parse_args()
     rows = []
     for _ in range(args.repeat):
         # A fresh server per run, so no run pays for the members an earlier one left behind.
-        with fake_server_process() as fake:
-            pid = fake.process.pid
-            rows.append(asyncio.run(run(fake.url, fake.rest_key, fake.project_key, args, pid)))
+        with server_process(args.server) as server:
+            pid = server.process.pid
+            rows.append(
+                asyncio.run(run(server.url, server.rest_key, server.project_key, args, pid))
+            )
+    print(
+        f"server {args.server}, {args.attributes} attributes per add, max_records "
+        f"{args.max_records}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"load average {load_average()}"
+    )
     print(table(rows))
 
 

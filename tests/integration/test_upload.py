@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -313,3 +313,129 @@ async def test_an_upload_leaves_the_garbage_collector_alone(
     assert seen == [(True, thresholds)] * 5
     assert gc.isenabled() and gc.get_threshold() == thresholds
     assert len(fake_server.members("gc")) == 25_000
+
+
+async def paced(
+    stream: list[object], waits: dict[int, Callable[[], Awaitable[None]]]
+) -> AsyncIterator[object]:
+    """The items of ``stream`` as an async iterator, awaiting ``waits[i]()`` before item ``i``."""
+    for position, item in enumerate(stream):
+        wait = waits.get(position)
+        if wait is not None:
+            await wait()
+        yield item
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` until it holds (the test's own timeout bounds the wait)."""
+    while not condition():
+        await asyncio.sleep(0.005)
+
+
+def chunk_tasks_done() -> bool:
+    """Whether every task of the client (the current upload's chunk requests) has ended."""
+    return not client_tasks(asyncio.all_tasks())
+
+
+async def test_bad_record_while_a_chunk_fails_in_flight_shows_both(
+    client: ba.AudienceClient, fake_server: FakeBatchServer
+) -> None:
+    """A bad record pulled while an earlier chunk fails in flight: the API error is not hidden.
+
+    Chunk 0 is answered 400 after the three chunks behind it succeeded: the resume point is
+    the contiguous acknowledged prefix (0), not the 300 records acknowledged out of order.
+    """
+    await client.create("mixed")
+    fake_server.reset_stats()
+    fake_server.fail_next(status=400, delay=0.3, path="/audiences/update")
+    stream: list[object] = [f"m-{i}" for i in range(400)]
+    stream.append({"id": "evil", "attributes": {"Not-A-Key": 1}})
+    waits = {
+        # Chunk 0 holds the fault: chunk 1 is pulled only once chunk 0 is at the server.
+        100: lambda: until(lambda: fake_server.in_flight >= 1),
+        # The bad record comes while chunk 0 is still held and the others were answered.
+        400: lambda: until(lambda: sum(r.status == 202 for r in fake_server.requests) >= 3),
+    }
+    with pytest.raises(ba.ValidationError) as caught:
+        await client.add("mixed", paced(stream, waits), concurrency=4, chunk_size=100)
+    err = caught.value
+    assert (err.position, err.record_id) == (400, "evil")
+    assert err.acknowledged == 0
+    assert isinstance(err.__cause__, ba.BadRequestError)
+    assert err.errors == (err.__cause__,)
+    text = str(err)
+    assert "Not-A-Key" in text
+    assert "1 chunk" in text and "failed" in text and "HTTP 400" in text
+    assert any("records 0-99" in note for note in err.__notes__)
+    assert err.report is not None
+    assert (err.report.records, err.report.requests, len(err.report.tokens)) == (300, 3, 3)
+    members = fake_server.members("mixed")
+    assert set(members) == {f"m-{i}" for i in range(100, 400)}
+
+
+async def test_api_error_with_chunks_in_flight_keeps_every_failure(
+    client: ba.AudienceClient, fake_server: FakeBatchServer
+) -> None:
+    """Two chunks fail, two later ones succeed: the first error is raised, the second noted.
+
+    The report counts the two acknowledged chunks, and the notes give the safe resume point:
+    the contiguous acknowledged prefix, here the stream's start.
+    """
+    await client.create("two")
+    fake_server.reset_stats()
+    fake_server.fail_next(status=400, times=2, path="/audiences/update")
+    stream: list[object] = [f"t-{i}" for i in range(500)]
+
+    def answered(n: int) -> Callable[[], Awaitable[None]]:
+        return lambda: until(lambda: len(fake_server.requests) >= n)
+
+    # One chunk at a time reaches the server (so the faults hit chunks 0 and 1); chunk 4 is
+    # pulled once the client holds all four answers.
+    waits = {100: answered(1), 200: answered(2), 300: answered(3)}
+    waits[400] = lambda: until(chunk_tasks_done)
+    with pytest.raises(ba.BadRequestError) as caught:
+        await client.add("two", paced(stream, waits), concurrency=4, chunk_size=100)
+    err = caught.value
+    notes = "\n".join(err.__notes__)
+    assert notes.count("another chunk failed too") == 1
+    assert "records 100-199: HTTP 400" in notes
+    assert "resume from position 0" in notes
+    assert err.report is not None
+    assert (err.report.records, err.report.requests) == (200, 2)
+    assert set(fake_server.members("two")) == {f"t-{i}" for i in range(200, 400)}
+
+
+async def test_cancel_while_settling_after_a_bad_record_leaves_no_task(
+    client: ba.AudienceClient, fake_server: FakeBatchServer
+) -> None:
+    """Cancelled while its chunks in flight settle after a bad record: nothing outlives the call.
+
+    The fake holds the four chunks, then answers 503: a chunk task left running would retry
+    after the cancelled call returned.
+    """
+    await client.create("settle")
+    fake_server.reset_stats()
+    before = asyncio.all_tasks()
+    fake_server.fail_next(status=503, delay=1.0, times=4, path="/audiences/update")
+    reached = asyncio.Event()
+
+    async def bad_record() -> None:
+        reached.set()
+
+    stream: list[object] = [f"s-{i}" for i in range(400)]
+    stream.append({"id": "evil", "attributes": {"Not-A-Key": 1}})
+    task = asyncio.create_task(
+        client.add("settle", paced(stream, {400: bad_record}), concurrency=4, chunk_size=100)
+    )
+    await reached.wait()
+    await until(lambda: fake_server.in_flight == 4)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    cancelled_at = time.monotonic()
+    assert client_tasks(asyncio.all_tasks() - before) == set()
+    # The fake answers the four held requests; nothing new may arrive after the cancellation.
+    await until(lambda: fake_server.in_flight == 0)
+    await asyncio.sleep(0.2)
+    assert len(fake_server.requests) == 4
+    assert all(r.received < cancelled_at for r in fake_server.requests)
