@@ -164,6 +164,9 @@ class SyncState:
         self._lock_fd = -1
         self._con: Any = None
         self._rows = 0
+        self._fresh = "staging"  # the deduplicated source (id, digest, pos), set by plan()
+        self._planned = 0  # rows of the plan
+        self.full = False
         exists = os.path.exists(self.path)
         if exists and not stat.S_ISREG(os.stat(self.path).st_mode):
             raise SyncStateError(f"sync state {self.path!r} is not a regular file")
@@ -340,12 +343,37 @@ class SyncState:
         """Deduplicate the source (last occurrence wins) and diff it against the snapshot."""
         assert self._con is not None
         con = self._con
-        con.execute(
-            "CREATE OR REPLACE TABLE fresh AS SELECT id, arg_max(h, pos) AS digest, "
-            "max(pos) AS pos FROM staging GROUP BY id"
-        )
-        (records,) = _one(con, "SELECT count(*) FROM fresh")
-        if self.attached and self.meta.synced:
+        self.full = full or not self.meta.synced or self.meta.needs_full
+        (records,) = _one(con, "SELECT count(DISTINCT id) FROM staging")
+        if records == self._rows:
+            # No duplicates (the usual case): the staged rows are the source, and the costly
+            # GROUP BY that keeps each ID's last occurrence is not needed.
+            self._fresh = "(SELECT id, h AS digest, pos FROM staging)"
+        else:
+            con.execute(
+                "CREATE OR REPLACE TABLE fresh AS SELECT id, arg_max(h, pos) AS digest, "
+                "max(pos) AS pos FROM staging GROUP BY id"
+            )
+            self._fresh = "fresh"
+        if not (self.attached and self.meta.synced):
+            # A first sync: everything is new; no join, no plan table.
+            first = tuple(
+                row[0]
+                for row in con.execute(
+                    f"SELECT id FROM {self._fresh} ORDER BY id LIMIT ?", [EXAMPLES]
+                ).fetchall()
+            )
+            self._planned = int(records)
+            return Plan(
+                records=int(records),
+                rows=self._rows,
+                added=int(records),
+                changed=0,
+                removed=0,
+                examples={"added": first, "changed": (), "removed": ()},
+            )
+        (dirty,) = _one(con, "SELECT count(*) FROM st.dirty")
+        if dirty:
             # IDs an unfinished sync may have touched count as unknown: no digest to match.
             con.execute(
                 "CREATE OR REPLACE TABLE prev AS SELECT coalesce(s.id, d.id) AS id, "
@@ -353,16 +381,18 @@ class SyncState:
                 "FROM st.snapshot s FULL OUTER JOIN (SELECT DISTINCT id FROM st.dirty) d "
                 "ON s.id = d.id"
             )
+            prev = "prev"
         else:
-            con.execute("CREATE OR REPLACE TABLE prev (id VARCHAR, digest UBIGINT, known BOOLEAN)")
+            prev = "(SELECT id, digest, true AS known FROM st.snapshot)"
         con.execute(
             f"CREATE OR REPLACE TABLE plan AS SELECT coalesce(f.id, p.id) AS id, f.pos AS pos, "
             f"CASE WHEN f.id IS NULL THEN {REMOVED} "
             f"WHEN p.id IS NULL OR NOT p.known THEN {ADDED} ELSE {CHANGED} END AS kind "
-            "FROM fresh f FULL OUTER JOIN prev p ON f.id = p.id "
+            f"FROM {self._fresh} f FULL OUTER JOIN {prev} p ON f.id = p.id "
             "WHERE f.id IS NULL OR p.id IS NULL OR p.digest IS NULL OR p.digest <> f.digest"
         )
         counts = dict(con.execute("SELECT kind, count(*) FROM plan GROUP BY kind").fetchall())
+        self._planned = sum(counts.values())
         examples = {
             name: tuple(
                 row[0]
@@ -372,7 +402,6 @@ class SyncState:
             )
             for kind, name in KINDS.items()
         }
-        self.full = full or not self.meta.synced or self.meta.needs_full
         return Plan(
             records=int(records),
             rows=self._rows,
@@ -395,7 +424,7 @@ class SyncState:
                 "SELECT s.wire FROM plan p JOIN staging s ON s.pos = p.pos "
                 f"WHERE p.kind IN ({ADDED}, {CHANGED}) ORDER BY p.pos"
             )
-        elif self._rows == _one(self._con, "SELECT count(*) FROM fresh")[0]:
+        elif self._fresh != "fresh":
             query = "SELECT wire FROM staging"  # no duplicates: no join needed
         else:
             query = "SELECT s.wire FROM fresh f JOIN staging s ON s.pos = f.pos"
@@ -420,17 +449,16 @@ class SyncState:
     def mark_finished(self) -> None:
         """After every request was acknowledged: the source becomes the snapshot, atomically."""
         con = self._writable()
-        (records,) = _one(con, "SELECT count(*) FROM fresh")
-        (planned,) = _one(con, "SELECT count(*) FROM plan")
+        (records,) = _one(con, f"SELECT count(*) FROM {self._fresh}")
         con.execute("BEGIN")
-        if self.full or planned > _REWRITE_SHARE * max(self.meta.snapshot_count, 1):
+        if self.full or self._planned > _REWRITE_SHARE * max(self.meta.snapshot_count, 1):
             con.execute("DELETE FROM st.snapshot")
-            con.execute("INSERT INTO st.snapshot SELECT id, digest FROM fresh")
+            con.execute(f"INSERT INTO st.snapshot SELECT id, digest FROM {self._fresh}")
         else:
             con.execute("DELETE FROM st.snapshot WHERE id IN (SELECT id FROM plan)")
             con.execute(
                 f"INSERT INTO st.snapshot SELECT f.id, f.digest FROM plan p "
-                f"JOIN fresh f ON f.id = p.id WHERE p.kind IN ({ADDED}, {CHANGED})"
+                f"JOIN {self._fresh} f ON f.pos = p.pos WHERE p.kind IN ({ADDED}, {CHANGED})"
             )
         con.execute("DELETE FROM st.dirty")
         con.execute(
