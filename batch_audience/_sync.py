@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import attrs
 import orjson
 
+from ._chunker import _check_not_one_record, aiter_chunks
 from ._exceptions import UnsupportedOperation, ValidationError
 from ._intake import Intake
 from ._models import IndexingState, Progress, ProgressCallback, SyncReport
@@ -293,7 +294,15 @@ async def _stage(
         position += 1
 
     try:
-        if isinstance(source, AsyncIterable):
+        if hasattr(type(source), "__arrow_c_stream__"):
+            # A columnar source: the uploads' own chunker reads, checks and encodes it off
+            # the loop; its chunks are split into entries in the worker.
+            async for chunk in aiter_chunks(source, intake):
+                await worker.run(state.append_entries, chunk.body)
+                position += chunk.count
+                report()
+        elif isinstance(source, AsyncIterable):
+            _check_not_one_record(source)
             budget = SLICE
             async for item in source:
                 take(item)
@@ -336,6 +345,7 @@ def _islice(items: Iterator[object], count: int) -> Iterator[object]:
 
 
 def _iterator(source: Iterable[object]) -> Iterator[object]:
+    _check_not_one_record(source)
     try:
         return iter(source)
     except TypeError:

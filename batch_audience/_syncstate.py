@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import attrs
+import orjson
 
 from ._exceptions import ValidationError
 
@@ -319,6 +320,13 @@ class SyncState:
         )
         self.append_arrow(batch)
 
+    def append_entries(self, body: bytes) -> None:
+        """Stage a chunk's JSON array of add-wire entries (a columnar source's chunk)."""
+        entries = orjson.loads(body)
+        # Dumped again one by one: the same bytes for the same entry, whichever encoder
+        # (orjson, DuckDB's to_json) wrote the chunk, so digests compare run after run.
+        self.append([e["id"] for e in entries], [orjson.dumps(e) for e in entries])
+
     def append_arrow(self, batch: Any) -> None:
         """Stage a table of ``pos``, ``id`` and ``wire`` columns (positions from ``rows``)."""
         assert self._con is not None
@@ -488,6 +496,9 @@ class SyncState:
         if con is not None:
             with contextlib.suppress(Exception):
                 con.close()
+            # DuckDB removes its spill files on close; the directory too, if it is empty.
+            with contextlib.suppress(OSError):
+                os.rmdir(self.path + ".tmp")
         fd, self._lock_fd = self._lock_fd, -1
         if fd >= 0:
             os.close(fd)  # also releases the flock

@@ -143,6 +143,7 @@ def test_a_dry_run_creates_nothing_and_changes_nothing(path: Path) -> None:
     assert state.plan(False).added == 1
     state.close()
     assert not path.exists() and not Path(str(path) + ".lock").exists()
+    assert not Path(str(path) + ".tmp").exists()
     finish(path, {"a": 1, "b": 2})
     state = SyncState(path, AUD, read_only=True)
     try:
