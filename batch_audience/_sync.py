@@ -47,7 +47,7 @@ from ._syncstate import (
     SyncState,
     SyncStateError,
 )
-from ._upload import Operation
+from ._upload import Operation, check_chunk_size, check_concurrency
 from ._validate import MAX_ENTRIES, check_audience_name
 
 if TYPE_CHECKING:
@@ -122,6 +122,9 @@ async def run_sync(
 ) -> SyncReport:
     """The body of ``client.sync``; see the module docstring."""
     check_audience_name(name)
+    # Checked now: the uploads would refuse them only after the state was marked started.
+    check_concurrency(concurrency)
+    check_chunk_size(chunk_size)
     started = time.monotonic()
     generation = client._endpoints.generation
     if isinstance(source, str | bytes | os.PathLike):
@@ -129,6 +132,7 @@ async def run_sync(
     intake = Intake(generation, "add")
     worker = _Worker()
     opened: SyncState | None = None
+    sending = False
     try:
         opened = await worker.run(
             lambda: SyncState(
@@ -190,6 +194,7 @@ async def run_sync(
                     "then sync again",
                 )
         await worker.run(opened.mark_started)
+        sending = True
         sent = await _send(
             client,
             name,
@@ -212,7 +217,7 @@ async def run_sync(
             elapsed=time.monotonic() - started,
         )
     except ValidationError as exc:
-        if not isinstance(exc, SyncStateError) and opened is not None:
+        if not isinstance(exc, SyncStateError) and opened is not None and not sending:
             exc.add_note("nothing was sent; the sync state is unchanged")
         raise
     finally:

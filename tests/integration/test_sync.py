@@ -321,3 +321,20 @@ async def test_a_cancelled_sync_releases_its_state_and_a_rerun_converges(
     report = await client.sync("aud", people(range(50, 150)), state=state)
     assert report.resumed
     assert set(fake_server.members("aud")) == {f"u-{i}" for i in range(50, 150)}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param({"concurrency": 0}, id="concurrency"),
+        pytest.param({"chunk_size": 0}, id="chunk"),
+    ],
+)
+async def test_bad_arguments_are_refused_before_the_state_is_opened(
+    client: ba.AudienceClient, tmp_path: Path, bad: dict[str, int]
+) -> None:
+    """A bad concurrency or chunk size never leaves a state behind, let alone an unfinished one."""
+    state = tmp_path / "aud.state"
+    with pytest.raises(ba.ValidationError, match="must be an integer"):
+        await client.sync("aud", ["a"], state=state, **bad)  # type: ignore[arg-type]
+    assert not state.exists()
