@@ -4,12 +4,16 @@ report, exit statuses, refusals and drift, and a SIGKILLed sync that a rerun con
 from __future__ import annotations
 
 import asyncio
+import io
 import signal
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+import batch_audience as ba
+from batch_audience._cli import Console, _PhaseBars
 from batch_audience.testing import FakeBatchServer
 from tests.integration.test_cli import (
     APP,
@@ -165,3 +169,30 @@ async def test_a_killed_sync_is_converged_by_a_rerun(
     assert set(members) == {f"u-{i}" for i in range(2_000)} | {f"n-{i}" for i in range(1, 100)}
     assert all(members[f"u-{i}"].attributes == {"rank": i + 1} for i in range(2_000))
     assert_clean(result.out, result.err)
+
+
+def test_a_bar_per_phase_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading, diffing and each upload get their own bar, each replacing the last."""
+    stderr = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    console = Console()
+    bars = _PhaseBars(console, enabled=True)
+    for operation, records, total in (
+        ("read", 50_000, None),
+        ("read", 100_000, None),
+        ("diff", 100_000, 100_000),
+        ("remove", 5_000, 5_000),
+        ("add", 2_000, 4_000),
+    ):
+        update = ba.Progress(
+            audience="aud", operation=operation, records=records, total=total, requests=1,
+            retries=0, elapsed=1.0,
+        )  # fmt: skip
+        bars.progress(update)
+    assert console.bar is not None
+    bars.close()
+    shown = stderr.getvalue()
+    for desc in ("reading", "diffing", "removing", "adding"):
+        assert desc in shown
+    assert "100k" in shown and "2.00k/4.00k" in shown
+    assert console.bar is None
