@@ -196,7 +196,12 @@ class SyncState:
     # -- opening ---------------------------------------------------------------------------
 
     def _lock(self) -> None:
-        self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self._lock_fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise SyncStateError(
+                f"cannot open the lock of sync state {self.path!r}: {exc.strerror or exc}"
+            ) from None
         if fcntl is None:  # pragma: no cover
             return
         try:

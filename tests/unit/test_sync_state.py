@@ -121,6 +121,8 @@ def test_files_that_are_not_a_state_are_refused(path: Path, tmp_path: Path) -> N
         SyncState(other, AUD)
     with pytest.raises(SyncStateError, match="not a regular file"):
         SyncState(tmp_path, AUD)
+    with pytest.raises(SyncStateError, match="No such file or directory"):
+        SyncState(tmp_path / "missing" / "aud.state", AUD)
 
 
 def test_a_second_open_of_one_state_is_refused_until_the_first_closes(path: Path) -> None:
