@@ -25,7 +25,7 @@ import orjson
 
 from ._exceptions import ValidationError
 from ._intake import Intake
-from ._models import Record
+from ._models import Record, Records
 from ._validate import MAX_ENTRIES
 
 __all__ = ["DEFAULT_SLICE_SIZE", "MAX_HOLD", "Chunk", "aiter_chunks", "iter_chunks"]
@@ -101,7 +101,7 @@ def iter_chunks(
 
 
 def aiter_chunks(
-    source: Iterable[object] | AsyncIterable[object],
+    source: Records,
     intake: Intake,
     *,
     size: int = MAX_ENTRIES,
@@ -120,11 +120,23 @@ def aiter_chunks(
     _check_bounds(size, start)
     if isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 1:
         raise ValidationError(f"slice_size must be an integer >= 1, got {slice_size!r}")
+    if hasattr(type(source), "__arrow_c_stream__"):
+        # Imported here: pyarrow and duckdb are an optional extra, paid for only when used.
+        from ._columnar import aiter_columnar
+
+        return aiter_columnar(source, intake, size=size, start=start, first=first)
     # An object that is both async and sync iterable is read the async way.
     if isinstance(source, AsyncIterable):
         _check_not_one_record(source)
         return _async_chunks(aiter(source), intake, first or intake, size, start, slice_size)
-    return _sliced_chunks(_iterator(source), intake, first or intake, size, start, slice_size)
+    return _sliced_chunks(
+        _iterator(source),  # type: ignore[arg-type]  # not an ArrowStream: handled above
+        intake,
+        first or intake,
+        size,
+        start,
+        slice_size,
+    )
 
 
 def _check_bounds(size: int, start: int) -> None:

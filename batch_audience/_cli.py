@@ -84,8 +84,8 @@ Client = AudienceClient | CustomAudienceClient
 T = TypeVar("T")
 
 _DESCRIPTION: Final = """\
-Upload CSV or NDJSON files to Batch.com audiences, inspect and delete audiences, run the
-bundled fake Batch server, or see a demo. Keys come from BATCH_REST_KEY, BATCH_PROJECT_KEY
+Upload CSV, NDJSON or Parquet files to Batch.com audiences, inspect and delete audiences, run
+the bundled fake Batch server, or see a demo. Keys come from BATCH_REST_KEY, BATCH_PROJECT_KEY
 (Audience API 2.x) and BATCH_API_KEY (Custom Audience API 1.x, the app key), or from flags
 (flags show up in process lists: prefer the environment). Keys are never printed.
 
@@ -110,6 +110,10 @@ input formats (by extension, or --format; '-' reads stdin and needs --format):
   NDJSON (.ndjson, .jsonl): one JSON object per line, as in the Python API:
     {"id": "u-1", "attributes": {"plan": "pro", "date(joined)": "2024-01-02T10:00:00Z"},
      "tags": ["vip"]}   (a bare JSON string is an ID; blank lines are skipped)
+  Parquet (.parquet, not stdin; needs pip install 'batch-audience[data]'): column id is the
+    ID, tags (list of strings) the tags, every other column an attribute typed by its column:
+    string, integer, float, timestamp with a zone (sent as date(name)), list of strings; a
+    column named date(x) or url(x) holds text sent as given. A null cell leaves it out.
   With --mode remove only the IDs are read; other columns and keys are ignored.
 
 checks: a file (not stdin) is checked whole before the first request, with the upload's own
@@ -387,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     upload.add_argument("name", metavar="NAME", help="the audience (it must exist)")
     upload.add_argument(
-        "file", metavar="FILE", help="a .csv, .ndjson or .jsonl file, or - for stdin"
+        "file", metavar="FILE", help="a .csv, .ndjson, .jsonl or .parquet file, or - for stdin"
     )
     upload.add_argument(
         "--format", choices=FORMATS, help="the input format (default: by extension)"
@@ -640,8 +644,8 @@ async def cmd_upload(args: argparse.Namespace, console: Console) -> int:
         if path == STDIN:
             raise UsageError("reading stdin needs --format csv or --format ndjson")
         raise UsageError(
-            f"cannot tell the format of {path!r}: name it .csv, .ndjson or .jsonl, "
-            "or pass --format csv|ndjson"
+            f"cannot tell the format of {path!r}: name it .csv, .ndjson, .jsonl or .parquet, "
+            "or pass --format csv|ndjson|parquet"
         )
     mode: Operation = args.mode
     checkpoint: str | None = args.checkpoint
@@ -775,7 +779,9 @@ def _located(exc: ValidationError, reader: RecordReader) -> ValidationError:
     """A record's validation error, naming the input line it came from."""
     if isinstance(exc, SourceError) or exc.position is None:
         return exc
-    located = SourceError.wrap(exc, source=reader.name, line=reader.line)
+    # A Parquet file has rows, not lines (its reader's line stays 0): name the row.
+    line = reader.line or exc.position + 1
+    located = SourceError.wrap(exc, source=reader.name, line=line)
     for note in getattr(exc, "__notes__", ()):
         located.add_note(note)
     return located
@@ -819,6 +825,15 @@ def check_file(
         UsageError: the file cannot be opened.
         Interrupted: ``stop`` was set (the command was interrupted).
     """
+    if fmt == "parquet":
+        try:
+            from ._columnar import check_parquet  # the data extra: imported only for Parquet
+
+            return check_parquet(path, encoder, skip=skip, ids_only=ids_only, tick=tick, stop=stop)
+        except ModuleNotFoundError as exc:
+            raise UsageError(f"reading Parquet: {exc}") from None
+        except OSError as exc:
+            raise UsageError(f"cannot read {path!r}: {exc.strerror or exc}") from None
     try:
         reader = open_records(path, fmt, skip=skip, ids_only=ids_only)
     except OSError as exc:

@@ -7,7 +7,7 @@ import logging
 import os
 import random
 import warnings
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, Self, final
 
@@ -36,6 +36,7 @@ from ._models import (
     AudienceInfo,
     IndexingState,
     ProgressCallback,
+    Records,
     SyncReport,
     UploadReport,
     converter,
@@ -52,8 +53,6 @@ __all__ = ["AudienceClient", "CustomAudienceClient"]
 logger = logging.getLogger("batch_audience")
 
 DEFAULT_PAGE_SIZE: Final = 100  # audiences per list request
-
-Records = Iterable[object] | AsyncIterable[object]
 
 
 class _State(enum.Enum):

@@ -20,7 +20,7 @@ past the step that made it (the garbage collector's young generation frees them)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import islice
 from typing import Any, Final
 
@@ -28,13 +28,14 @@ import attrs
 import orjson
 
 from ._exceptions import ValidationError
-from ._models import Record
+from ._models import Record, Url
 from ._validate import (
     _DATE,
     _INT_MAX,
     _INT_MIN,
     _PLAIN,
     _PLAIN_URL,
+    _URL,
     MAX_ATTRIBUTES,
     MAX_STRING_LENGTH,
     MAX_TAG_LENGTH,
@@ -44,6 +45,7 @@ from ._validate import (
     Operation,
     _is_utf8,
     _learn_key,
+    _utc_text,
 )
 
 __all__ = ["Intake"]
@@ -84,7 +86,8 @@ def _plain_check(first: type) -> str:
     branches = [_PLAIN_BRANCHES[kind] for kind in order]
     # The first branch opens with "if", the others with "elif".
     code = "    t = type(v)\n" + branches[0] + "".join("    el" + b[4:] for b in branches[1:])
-    return code + "    else:\n        return None\n"
+    # Another type (a datetime, a Url, a numpy number...) is another shape: find it.
+    return code + "    else:\n        raise KeyError\n"
 
 
 _DATE_CHECK: Final = """\
@@ -95,9 +98,26 @@ _DATE_CHECK: Final = """\
     except ValueError:
         return None
 """
-_URL_CHECK: Final = """\
-    if type(v) is not str or len(v) > {max_url} or plain_url(v) is None:
+_URL_CHECK: Final = f"""\
+    if type(v) is not str or len(v) > {MAX_URL_LENGTH} or plain_url(v) is None:
         return None
+"""
+# Values converted on the way (EntryEncoder's rules): an aware datetime in UTC becomes the
+# library's UTC text (other zones, and subclasses, go to EntryEncoder), a Url its plain str.
+# Another type under the key is another shape.
+_DATETIME_VALUE: Final = """\
+    if type(v) is not datetime:
+        raise KeyError
+    if v.tzinfo is not UTC:
+        return None
+    v = utc_text({key!r}, v)
+"""
+_URL_VALUE: Final = f"""\
+    if type(v) is not Url:
+        raise KeyError
+    if len(v) > {MAX_URL_LENGTH} or plain_url(v) is None:
+        return None
+    v = str.__str__(v)
 """
 
 
@@ -108,6 +128,10 @@ class _Shape:
     mapping: bool  # a dict record (parts by key) or a Record (parts by attribute)
     attributes: tuple[str, ...] | None  # the attribute keys, None when there are none
     tags: bool
+    # Each key's wire key: itself, or date(k)/url(k) for a datetime or Url value under a plain
+    # key. A converted value (datetime, Url) is part of the shape; other types are not.
+    wire: tuple[str, ...] | None = None
+    converted: frozenset[str] = frozenset()
     # The type of each value in the record the shape was read from: not part of the shape.
     types: dict[str, type] = attrs.field(eq=False, hash=False, factory=dict)
 
@@ -138,7 +162,23 @@ def _shape(item: Any) -> _Shape | None:
     if attributes is None:
         return _Shape(mapping, None, tags is not None)
     types = {key: type(value) for key, value in attributes.items()}
-    return _Shape(mapping, tuple(attributes), tags is not None, types)
+    wire: list[str] = []
+    converted: set[str] = set()
+    for key, kind in types.items():
+        info = _learn_key(key)
+        if kind is datetime and info[0] != _URL:
+            wire.append(info[2])
+            converted.add(key)
+        elif kind is Url and info[0] != _DATE:
+            wire.append(info[3])
+            converted.add(key)
+        else:
+            wire.append(key)
+    if len(set(wire)) != len(wire):
+        return None  # two keys become one wire key: EntryEncoder names them
+    return _Shape(
+        mapping, tuple(attributes), tags is not None, tuple(wire), frozenset(converted), types
+    )
 
 
 def _compile(
@@ -172,18 +212,31 @@ def _compile(
         lines.append(
             f"    if type(a) is not dict or len(a) != {len(keys)}:\n        raise KeyError"
         )
-        for key in keys:
+        values: list[str] = []
+        for number, key in enumerate(keys):
             kind = _learn_key(key)[0]
             # repr() of a key that matched the key rule is a plain quoted literal: safe to exec.
             lines.append(f"    v = a[{key!r}]")
-            if kind == _PLAIN:
+            if key in shape.converted:
+                check = (
+                    _DATETIME_VALUE.format(key=key) if shape.types[key] is datetime else _URL_VALUE
+                )
+            elif kind == _PLAIN:
                 check = _plain_check(shape.types[key])
             elif kind == _DATE:
                 check = _DATE_CHECK
             else:
-                check = _URL_CHECK.format(max_url=MAX_URL_LENGTH)
+                check = _URL_CHECK
             lines.append(check.rstrip("\n"))
-        entry.append("'attributes': a.copy()")
+            if shape.converted:
+                lines.append(f"    v{number} = v")
+                assert shape.wire is not None
+                values.append(f"{shape.wire[number]!r}: v{number}")
+        if shape.converted:
+            # Converted values and renamed keys: the wire attributes are built, not copied.
+            entry.append(f"'attributes': {{{', '.join(values)}}}")
+        else:
+            entry.append("'attributes': a.copy()")
     if not shape.tags:
         if not shape.mapping:
             lines.append("    if r.tags is not None:\n        raise KeyError")
@@ -198,6 +251,10 @@ def _compile(
     namespace: dict[str, Any] = {
         "is_utf8": _is_utf8,
         "fromisoformat": datetime.fromisoformat,
+        "datetime": datetime,
+        "UTC": UTC,
+        "Url": Url,
+        "utc_text": _utc_text,
         "plain_url": _PLAIN_URL.match,
         "good_tags": good_tags,
         "learn_tag": learn_tag,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol, TypeAlias
 
@@ -195,3 +195,13 @@ converter.register_structure_hook(str, _structure_str)
 converter.register_structure_hook(int, _structure_int)
 converter.register_structure_hook(datetime, _structure_datetime)
 converter.register_structure_hook(IndexingState | str | None, _structure_state)
+
+
+class ArrowStream(Protocol):
+    """A columnar source: any object exporting the Arrow C stream interface."""
+
+    def __arrow_c_stream__(self, requested_schema: object = None) -> object: ...
+
+
+# What uploads take: records from a sync or async iterable, or a columnar source.
+Records = Iterable[object] | AsyncIterable[object] | ArrowStream

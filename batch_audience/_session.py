@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import io
 import ipaddress
 import logging
 import random
@@ -119,6 +120,19 @@ def _check_callers_session(session: aiohttp.ClientSession, headers: Mapping[str,
 
 def _deadline_note(attempts: int, policy: RetryPolicy) -> str:
     return f"gave up after {attempts} attempts: the call's deadline of {policy.deadline:g} s passed"
+
+
+# aiohttp warns (ResourceWarning) when a bytes body is over 1 MiB, and writes it in one go.
+# A full chunk is 1-4 MB: it goes as a stream instead, written 64 KiB at a time with turns
+# for the loop in between; the BytesIO shares the bytes' buffer, so nothing is copied.
+_STREAM_ABOVE: Final = 1 << 20
+
+
+def _payload(body: bytes | None) -> bytes | io.BytesIO | None:
+    """The request body as aiohttp should take it: small bodies as bytes, large ones streamed."""
+    if body is not None and len(body) > _STREAM_ABOVE:
+        return io.BytesIO(body)
+    return body
 
 
 def is_loopback(url: str) -> bool:
@@ -352,7 +366,7 @@ class Session:
                 route.method,
                 url,
                 params=route.query,
-                data=route.body,
+                data=_payload(route.body),
                 headers=self._headers,
                 timeout=timeout,
                 ssl=self._ssl,

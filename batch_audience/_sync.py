@@ -38,7 +38,7 @@ import orjson
 from ._chunker import _check_not_one_record, aiter_chunks
 from ._exceptions import UnsupportedOperation, ValidationError
 from ._intake import Intake
-from ._models import IndexingState, Progress, ProgressCallback, SyncReport
+from ._models import IndexingState, Progress, ProgressCallback, Records, SyncReport
 from ._syncstate import (
     DEFAULT_MEMORY_LIMIT,
     Identity,
@@ -109,7 +109,7 @@ def _identity(client: Client, name: str) -> Identity:
 async def run_sync(
     client: Client,
     name: str,
-    source: Iterable[object] | AsyncIterable[object],
+    source: Records,
     *,
     state: str | os.PathLike[str],
     dry_run: bool = False,
@@ -249,7 +249,7 @@ async def _check_drift(client: Client, name: str, expected: int) -> None:
 
 
 async def _stage(
-    source: Iterable[object] | AsyncIterable[object],
+    source: Records,
     intake: Intake,
     state: SyncState,
     worker: _Worker,
@@ -349,14 +349,13 @@ def _islice(items: Iterator[object], count: int) -> Iterator[object]:
             return
 
 
-def _iterator(source: Iterable[object]) -> Iterator[object]:
+def _iterator(source: object) -> Iterator[object]:
     _check_not_one_record(source)
-    try:
-        return iter(source)
-    except TypeError:
+    if not isinstance(source, Iterable):
         raise ValidationError(
             f"records must be an iterable or an async iterable, got {type(source).__name__}"
-        ) from None
+        )
+    return iter(source)
 
 
 def _length(source: object) -> int | None:

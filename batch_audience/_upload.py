@@ -20,7 +20,7 @@ and keeps what only an upload has:
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Literal
 
 import attrs
@@ -30,7 +30,7 @@ from ._chunker import Chunk, aiter_chunks
 from ._endpoints import ApiRoute, Endpoints
 from ._exceptions import BatchAudienceError, ValidationError
 from ._intake import Intake
-from ._models import Progress, ProgressCallback, UploadReport
+from ._models import Progress, ProgressCallback, Records, UploadReport
 from ._sender import DEFAULT_CONCURRENCY, NO_BUDGET, RateBudget, Sender, Sent
 from ._session import Session
 from ._validate import MAX_ENTRIES
@@ -76,7 +76,7 @@ async def run_upload(
     endpoints: Endpoints,
     name: str,
     operation: Operation,
-    source: Iterable[object] | AsyncIterable[object],
+    source: Records,
     concurrency: int = DEFAULT_CONCURRENCY,
     chunk_size: int = MAX_ENTRIES,
     progress: ProgressCallback | None = None,
@@ -233,6 +233,12 @@ def _token(data: Any) -> str | None:
 
 
 def _length(source: object) -> int | None:
+    """The records' count for progress when it is known without work, else None."""
+    if hasattr(source, "__arrow_c_stream__"):
+        # len() of a DuckDB relation runs a query, on the loop: only take a count that is
+        # already there (a pyarrow Table's).
+        rows = getattr(source, "num_rows", None)
+        return rows if type(rows) is int else None
     try:
         return len(source)  # type: ignore[arg-type]
     except TypeError:

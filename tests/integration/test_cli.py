@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +80,26 @@ def environment(server: FakeBatchServer | None, **extra: str) -> dict[str, str]:
     return env | extra
 
 
+# The command starts as from an interactive shell, whatever started the test run. A shell
+# starts a background job (`pytest ... &` in a script, nohup) with SIGINT ignored; children
+# inherit that across exec, and CPython then installs no KeyboardInterrupt handler, so every
+# Ctrl-C test would fail on the test run's own state. The shim puts SIGINT back to its default
+# and execs the command in the same process (same pid), which then starts as a terminal's.
+# A fork-time reset (preexec_fn) is not safe with the threads the test process runs.
+SIGINT_DEFAULT_EXEC = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+)
+
+
 async def start(
     *args: str, env: Mapping[str, str], stdin: bool = False
 ) -> asyncio.subprocess.Process:
-    """Start ``python -m batch_audience ARGS`` without blocking the loop."""
+    """Start ``python -m batch_audience ARGS``, SIGINT at its default, without blocking the loop."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
+        "-c",
+        SIGINT_DEFAULT_EXEC,
         "-m",
         "batch_audience",
         *args,
@@ -394,6 +408,8 @@ async def test_stopped_upload_resumes_from_its_checkpoint(
     server.fail_next(delay=30, times=20, path=UPDATE)
     async with running(*args, env=environment(server)) as process:
         await wait_for_acks(checkpoint, 6, process)
+        if signum == signal.SIGINT:
+            assert sigint_masks(process.pid) == (False, False), "SIGINT (ignored, blocked)"
         process.send_signal(signum)
         code = await asyncio.wait_for(process.wait(), timeout=30)
     if signum == signal.SIGINT:
@@ -519,8 +535,19 @@ def reads_stdin(pid: int) -> bool:
     return False
 
 
+def sigint_masks(pid: int) -> tuple[bool, bool]:
+    """Whether SIGINT is ignored by the process, and blocked in its main thread (Linux /proc)."""
+    fields = dict(
+        line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    bit = 1 << (signal.SIGINT - 1)
+    return bool(int(fields["SigIgn"], 16) & bit), bool(int(fields["SigBlk"], 16) & bit)
+
+
 async def interrupt(process: asyncio.subprocess.Process) -> tuple[int, float, str]:
     """Send SIGINT; return the exit status, the seconds it took to exit, and stderr."""
+    # A Ctrl-C the command cannot see would fail as a timeout, naming nothing: say why here.
+    assert sigint_masks(process.pid) == (False, False), "SIGINT (ignored, blocked) in the command"
     process.send_signal(signal.SIGINT)
     started = time.monotonic()
     code = await asyncio.wait_for(process.wait(), timeout=60)
@@ -598,10 +625,32 @@ async def test_a_piped_record_goes_out_at_once_and_ctrl_c_stops_an_idle_stdin(
     assert "first" in server.members("piped")
 
 
-async def test_ctrl_c_stops_a_dry_run_waiting_on_an_idle_stdin() -> None:
-    """A dry run reading a pipe that stays idle exits 130 at Ctrl-C, not when the pipe closes."""
+@contextlib.contextmanager
+def sigint_disposition(handler: Any) -> Iterator[None]:
+    """This (the test) process's SIGINT set to ``handler`` for the block."""
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize(
+    "runner_sigint",
+    [
+        pytest.param(signal.default_int_handler, id="run-from-a-terminal"),
+        pytest.param(signal.SIG_IGN, id="run-in-the-background"),
+    ],
+)
+async def test_ctrl_c_stops_a_dry_run_waiting_on_an_idle_stdin(runner_sigint: Any) -> None:
+    """A dry run reading a pipe that stays idle exits 130 at Ctrl-C, not when the pipe closes.
+
+    Also when the test run itself ignores SIGINT, as a shell's background job does: the
+    commands these tests start must not inherit that, or no Ctrl-C test would test anything.
+    """
     args = ("upload", "x", "-", "--format", "csv", "--dry-run")
-    process = await start(*args, env=environment(None), stdin=True)
+    with sigint_disposition(runner_sigint):
+        process = await start(*args, env=environment(None), stdin=True)
     try:
         await wait_until(lambda: reads_stdin(process.pid), process, "the read of stdin")
         code, elapsed, err = await interrupt(process)

@@ -338,3 +338,33 @@ async def test_bad_arguments_are_refused_before_the_state_is_opened(
     with pytest.raises(ba.ValidationError, match="must be an integer"):
         await client.sync("aud", ["a"], state=state, **bad)  # type: ignore[arg-type]
     assert not state.exists()
+
+
+async def test_a_columnar_source_syncs_like_records(
+    client: ba.AudienceClient, fake_server: FakeBatchServer, tmp_path: Path
+) -> None:
+    """A pyarrow Table: first sync, then only the changes; the same digests as records."""
+    import pyarrow as pa
+    state = tmp_path / "aud.state"
+    await client.create("aud")
+
+    def table(ids: range, changed: int = -1) -> Any:
+        return pa.table(
+            {
+                "id": [f"u-{i}" for i in ids],
+                "rank": [-1 if i == changed else i for i in ids],
+            }
+        )
+
+    first = await client.sync("aud", table(range(12_000)), state=state)
+    assert (first.full, first.records, first.requests) == (True, 12_000, 2)
+    fake_server.reset_stats()
+    second = await client.sync("aud", table(range(10, 12_010), changed=500), state=state)
+    assert (second.added, second.changed, second.removed) == (10, 1, 10)
+    assert writes(fake_server) == [("update", 10), ("update", 11)]
+    expected = {f"u-{i}": i for i in range(10, 12_010)} | {"u-500": -1}
+    assert ranks(fake_server, "aud") == expected
+    # The same rows as records: nothing to send.
+    records = [{"id": i, "attributes": {"rank": r}} for i, r in expected.items()]
+    again = await client.sync("aud", records, state=state)
+    assert (again.sent, again.unchanged) == (0, 12_000)

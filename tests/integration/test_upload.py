@@ -444,3 +444,23 @@ async def test_cancel_while_settling_after_a_bad_record_leaves_no_task(
     await asyncio.sleep(0.2)
     assert len(fake_server.requests) == 4
     assert all(r.received < cancelled_at for r in fake_server.requests)
+
+
+async def test_full_chunks_over_a_mebibyte_go_without_warnings(
+    client: ba.AudienceClient, fake_server: FakeBatchServer
+) -> None:
+    """A 10,000-entry chunk of 2.5 MB is sent as a stream: no ResourceWarning, same result.
+
+    aiohttp warns about bytes bodies over 1 MiB; the suite turns warnings into errors, as a
+    user's suite may.
+    """
+    await client.create("big-bodies")
+    text = "x" * 200
+    records = [ba.Record(f"b-{n}", {"note": text, "n": n}) for n in range(10_000)]
+    fake_server.reset_stats()
+    report = await client.add("big-bodies", records)
+    (request,) = [r for r in fake_server.requests if r.path.endswith("/audiences/update")]
+    assert request.entries == 10_000 and request.status == 202
+    assert report.requests == 1
+    members = fake_server.members("big-bodies")
+    assert len(members) == 10_000 and members["b-9999"].attributes == {"note": text, "n": 9999}

@@ -7,6 +7,13 @@ from datetime import UTC, datetime
 import batch_audience as ba
 
 
+class Table:
+    """Stands for any Arrow stream (pyarrow Table, DataFrame, DuckDB relation)."""
+
+    def __arrow_c_stream__(self, requested_schema: object = None) -> object:
+        return object()
+
+
 async def usage() -> None:
     async with ba.AudienceClient("rest", "project_x", base_url="http://127.0.0.1:1") as client:
         token: str | None = await client.create("winback", display_name="Win-back")
@@ -23,7 +30,8 @@ async def usage() -> None:
             progress=lambda p: print(p.records, p.total),
             concurrency=2,
         )
-        states = await client.wait_applied("winback", report.tokens, timeout=60)
+        columnar: ba.UploadReport = await client.add("winback", Table())
+        states = await client.wait_applied("winback", report.tokens + columnar.tokens, timeout=60)
         _done: bool = all(
             s in (ba.IndexingState.APPLIED, ba.IndexingState.REPLACED) for s in states.values()
         )

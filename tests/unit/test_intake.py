@@ -216,3 +216,27 @@ def test_encode_one_record_matches_the_encoder(
             assert_same(err, want)
         else:
             assert_same((body, {rid}), want)
+
+
+def test_converted_values_and_changing_types_under_one_key() -> None:
+    """datetime and Url values (renamed keys), types changing under a key, zones, collisions."""
+    from datetime import timedelta, timezone
+
+    paris = timezone(timedelta(hours=1))
+    when = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
+    items: list[object] = [
+        ba.Record("a", {"seen": when, "site": ba.Url("https://e.x/a"), "n": 1}),
+        ba.Record(
+            "b", {"seen": when.replace(microsecond=5), "site": ba.Url("https://e.x/b"), "n": 2}
+        ),
+        ba.Record("c", {"seen": "text now", "site": "plain", "n": 3}),
+        ba.Record("d", {"seen": when.astimezone(paris), "site": ba.Url("https://e.x/d"), "n": 4}),
+        {"id": "e", "attributes": {"date(seen)": when, "url(site)": ba.Url("https://e.x/e")}},
+        {"id": "f", "attributes": {"date(seen)": "2024-01-01T00:00:00Z", "url(site)": "https://f"}},
+        ba.Record("g", {"seen": when, "site": ba.Url("https://e.x/g"), "n": 7}),
+    ]
+    assert_same(taken(Intake("2", "add"), items, 0, 3), expected(items, "2", "add", 0))
+    collide: list[object] = [*items, {"id": "h", "attributes": {"seen": when, "date(seen)": "x"}}]
+    assert_same(taken(Intake("2", "add"), collide, 0, 4), expected(collide, "2", "add", 0))
+    bad_url: list[object] = [*items, ba.Record("i", {"seen": when, "site": ba.Url("ftp://x")})]
+    assert_same(taken(Intake("2", "add"), bad_url, 0, 4), expected(bad_url, "2", "add", 0))

@@ -1,0 +1,1188 @@
+"""Columnar sources: an Arrow C stream in, validated wire chunks out, with no Python object per row.
+
+Any object exposing ``__arrow_c_stream__`` (a pyarrow Table or RecordBatchReader, a pandas or
+polars DataFrame, a DuckDB relation) is read batch by batch. Column ``id`` is the ID, ``tags``
+(list of strings) the tags, every other column an attribute typed by the column's type.
+
+How the work is split, and why:
+
+- The schema is judged once, when the stream is opened, before any chunk exists: a bad name, an
+  unsupported type, a missing ``id``, too many attribute columns raise ValidationError.
+- Each chunk (at most ``size`` rows, sliced from the stream's batches without a copy) is
+  checked with pyarrow compute kernels. They flag every row that may break a rule; only those
+  rows are turned into a record (a dict) and given to ``EntryEncoder``, the one authority, which
+  raises the very ValidationError (position, ID, rule) the record path raises, or accepts the
+  row (a flag is allowed to be cautious: an unusual ISO-8601 form, a non-ASCII tag). So the
+  rules cannot drift from the record path, and clean rows never become Python objects.
+- The chunk's JSON is built by DuckDB (``to_json`` and string concatenation in C++), one query
+  per chunk over the Arrow data without a copy, and joined into the body from the result's
+  buffer in one copy.
+- Every step runs in a worker thread (pyarrow and DuckDB release the GIL), one step at a time,
+  the next chunk prepared while the current one is sent; the event loop only awaits it. DuckDB
+  connections are not thread-safe: one per upload, used by one step at a time.
+- A chunk's IDs stay an Arrow array; overlap between chunks in flight (spec §8) is one
+  vectorised ``is_in``.
+
+pyarrow and duckdb are the optional extra ``batch-audience[data]``: they are imported only when
+a columnar source is given, and their absence raises an error naming the install command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import importlib
+import json
+import queue
+import re
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, cast
+
+import attrs
+
+from ._chunker import Chunk
+from ._exceptions import ValidationError
+from ._intake import Intake
+from ._sources import STDIN, Interrupted, RecordReader, SourceError
+from ._validate import (
+    _DATE,
+    _INT_MAX,
+    _PLAIN,
+    _URL,
+    MAX_ARRAY_ITEMS,
+    MAX_ATTRIBUTES,
+    MAX_ENTRIES,
+    MAX_STRING_LENGTH,
+    MAX_TAG_LENGTH,
+    MAX_URL_LENGTH,
+    EntryEncoder,
+    _learn_key,
+    _show,
+)
+
+__all__ = [
+    "INSTALL_COMMAND",
+    "ArrowIds",
+    "ParquetRecords",
+    "aiter_columnar",
+    "check_parquet",
+    "is_columnar",
+    "iter_columnar",
+]
+
+INSTALL_COMMAND: Final = "pip install 'batch-audience[data]'"
+
+# Column kinds.
+_STR: Final = "string"
+_INT: Final = "integer"
+_UINT64: Final = "uint64"
+_FLOAT: Final = "float"
+_TS: Final = "timestamp"
+_DATE_TEXT: Final = "date text"
+_URL_TEXT: Final = "url text"
+_ARRAY: Final = "array"
+_NULL: Final = "null"
+
+_TYPES_TEXT: Final = "string, integer, float, timestamp with a time zone, or list of strings"
+# Python's datetime holds years 1 to 9999; a timestamp outside cannot be a date attribute.
+_TS_MIN_S: Final = -62_135_596_800  # 0001-01-01T00:00:00Z, seconds from the epoch
+_TS_MAX_S: Final = 253_402_300_800  # 10000-01-01T00:00:00Z, exclusive
+_PER_SECOND: Final = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+# The forms of ISO-8601 that datetime.fromisoformat surely reads; anything else is handed to
+# it, row by row. Day-of-month validity is checked apart (strptime).
+_DATE_FORM: Final = (
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+    r"(\.[0-9]{3}|\.[0-9]{6})?(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])?$"
+)
+# _validate._PLAIN_URL in RE2 syntax (its \Z is RE2's $ without multi-line).
+_URL_FORM: Final = r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][!-~]*)?$"
+_SQL_CACHE_MAX: Final = 64
+_PANDAS_INDEX: Final = re.compile(r"__index_level_[0-9]+__")
+# Rows read, checked and encoded per step in the worker (rounded to whole chunks): each call
+# into pyarrow or DuckDB hands the GIL back and forth with the event loop, so few large
+# steps keep the loop's waits short and the worker's too.
+_STEP_ROWS: Final = 50_000
+# Chunks back that a new chunk's overlaps are known for without a comparison on the loop:
+# more than the chunks an upload keeps in flight (4 by default). A chunk further back still in
+# flight is compared on the loop, vectorised (correct, only slower).
+_WINDOW_CHUNKS: Final = 6
+_AHEAD: Final = 2  # steps prepared ahead of the one being sent (each ~10 MB of JSON at most)
+
+
+def is_columnar(source: object) -> bool:
+    """Whether ``source`` exposes the Arrow C stream interface (and is read as columns)."""
+    return hasattr(type(source), "__arrow_c_stream__")
+
+
+def _modules() -> tuple[Any, Any, Any]:
+    """pyarrow, pyarrow.compute and duckdb; an error naming the install command if missing."""
+    try:
+        pa = importlib.import_module("pyarrow")
+        pc = importlib.import_module("pyarrow.compute")
+        duckdb = importlib.import_module("duckdb")
+    except ImportError as exc:
+        raise ModuleNotFoundError(
+            f"a columnar source (an object with __arrow_c_stream__) needs pyarrow and duckdb, "
+            f"which are not installed: {exc}. Install them with: {INSTALL_COMMAND}",
+            name=exc.name,
+        ) from exc
+    return pa, pc, duckdb
+
+
+class ArrowIds:
+    """The IDs of one chunk as an Arrow array, with its overlaps with the chunks just before it.
+
+    The upload engine asks ``isdisjoint`` of each chunk against every chunk in flight, on the
+    event loop, several times per chunk. The worker thread already knows, for each chunk, which
+    of the chunks of the same and the previous step share an ID with it (one hash join per
+    step in DuckDB, off the loop), so those answers are a set lookup; only a chunk older than
+    that window, still in flight, is compared with a vectorised ``is_in``.
+    """
+
+    __slots__ = ("_array", "_index", "_known_from", "_origin", "_overlaps", "_pc")
+
+    def __init__(
+        self,
+        array: Any,
+        pc: Any,
+        *,
+        origin: object = None,
+        index: int = -1,
+        known_from: int = 0,
+        overlaps: frozenset[int] = frozenset(),
+    ) -> None:
+        self._array = array
+        self._pc = pc
+        self._origin = origin  # the stream: answers from the window hold only within it
+        self._index = index  # the chunk's number in its stream
+        self._known_from = known_from  # the earliest chunk number ``overlaps`` covers
+        self._overlaps = overlaps  # earlier chunks in the window that share an ID with it
+
+    def __len__(self) -> int:
+        return len(self._array)
+
+    def __repr__(self) -> str:
+        # IDs are user data: never in reprs or logs.
+        return f"<{len(self._array)} ids>"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(cast("list[str]", self._array.to_pylist()))
+
+    def __contains__(self, rid: object) -> bool:
+        if not isinstance(rid, str):
+            return False
+        return bool(self._pc.any(self._pc.equal(self._array, rid)).as_py())
+
+    def isdisjoint(self, other: object) -> bool:
+        """Whether no ID is in both; a lookup for nearby chunks of one stream, else vectorised."""
+        if isinstance(other, ArrowIds):
+            if self._origin is not None and self._origin is other._origin:
+                later, earlier = (self, other) if self._index > other._index else (other, self)
+                if later._index != earlier._index and earlier._index >= later._known_from:
+                    return earlier._index not in later._overlaps
+            # is_in hashes its value set: hash the smaller side.
+            small, large = sorted((self._array, other._array), key=len)
+            if not len(small):
+                return True
+            if small.type != large.type:
+                small = small.cast(large.type)
+            hits = self._pc.is_in(large, value_set=small)
+            return not bool(self._pc.any(hits).as_py())
+        return set(self).isdisjoint(other)  # type: ignore[arg-type]
+
+
+@attrs.frozen
+class _Attribute:
+    """One attribute column: where it is, its wire key and how its values are checked and sent."""
+
+    index: int  # position in the source schema
+    name: str  # column name, also the key of the record given to EntryEncoder
+    wire: str  # wire key
+    kind: str
+    unit: str = ""  # timestamp unit
+
+
+@attrs.frozen
+class _Plan:
+    """What the schema says: where the ID and tags are and how each attribute is sent."""
+
+    id_index: int
+    tags_index: int | None
+    attributes: tuple[_Attribute, ...]
+
+
+def _kind_of(pa: Any, type_: Any) -> str | None:
+    """The value kind of an Arrow type, before the column name is considered; None if refused."""
+    t = pa.types
+    if t.is_dictionary(type_):
+        return _STR if _is_text(pa, type_.value_type) else None
+    if _is_text(pa, type_):
+        return _STR
+    if t.is_uint64(type_):
+        return _UINT64
+    if t.is_integer(type_):
+        return _INT
+    if t.is_floating(type_):
+        return _FLOAT
+    if t.is_timestamp(type_):
+        return _TS if type_.tz is not None else None
+    if _is_list(pa, type_):
+        value = type_.value_type
+        if t.is_dictionary(value):
+            value = value.value_type
+        # list<null>: only empty lists and null items, which the rules then judge per row.
+        return _ARRAY if _is_text(pa, value) or t.is_null(value) else None
+    if t.is_null(type_):
+        return _NULL
+    return None
+
+
+def _is_text(pa: Any, type_: Any) -> bool:
+    t = pa.types
+    return bool(t.is_string(type_) or t.is_large_string(type_) or t.is_string_view(type_))
+
+
+def _is_list(pa: Any, type_: Any) -> bool:
+    t = pa.types
+    return bool(
+        t.is_list(type_)
+        or t.is_large_list(type_)
+        or t.is_fixed_size_list(type_)
+        or t.is_list_view(type_)
+        or t.is_large_list_view(type_)
+    )
+
+
+def _refused_type(name: str, type_: Any, pa: Any) -> ValidationError:
+    t = pa.types
+    hint = f"use {_TYPES_TEXT}"
+    if t.is_timestamp(type_):
+        hint = "give it a time zone (for UTC: cast it to timestamp with tz='UTC')"
+    elif t.is_boolean(type_):
+        hint = "booleans are not an audience attribute type (spec §2.3); cast it to int or string"
+    elif t.is_date(type_):
+        hint = "cast it to a timestamp with a time zone"
+    return ValidationError(f"column {name!r} has type {type_}, which cannot be sent: {hint}")
+
+
+def _pandas_unnamed_index(schema: Any) -> frozenset[str]:
+    """The columns a pandas DataFrame adds for an unnamed index (``__index_level_0__``).
+
+    They are the frame's row labels, not its data: never sent. A named index (``df.set_index
+    ("id")``) is a column like any other, so it can be the ID.
+    """
+    metadata = schema.metadata or {}
+    try:
+        pandas = json.loads(metadata.get(b"pandas", b"{}"))
+        columns = pandas.get("index_columns", [])
+    except (ValueError, AttributeError):
+        return frozenset()
+    return frozenset(
+        c for c in columns if isinstance(c, str) and _PANDAS_INDEX.fullmatch(c) is not None
+    )
+
+
+def _plan(pa: Any, schema: Any, encoders: tuple[EntryEncoder, ...]) -> _Plan:
+    """Judge the column names and types once; raise ValidationError for the first problem."""
+    names: list[str] = list(schema.names)
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValidationError(f"column {name!r} appears twice: give each column once")
+        seen.add(name)
+    if "id" not in seen:
+        shown = ", ".join(_show(n) for n in names[:8])
+        raise ValidationError(f"a columnar source needs an 'id' column, got columns [{shown}]")
+    id_index = names.index("id")
+    id_type = schema.field(id_index).type
+    if _kind_of(pa, id_type) != _STR:
+        raise ValidationError(
+            f"column 'id' has type {id_type}: IDs must be strings; cast the column to string"
+        )
+    tags_index: int | None = None
+    if "tags" in seen:
+        tags_index = names.index("tags")
+        for encoder in encoders:
+            if encoder._tags_refusal is not None:
+                raise ValidationError(f"column 'tags': {encoder._tags_refusal}")
+        tags_type = schema.field(tags_index).type
+        if _kind_of(pa, tags_type) not in (_ARRAY, _NULL):
+            raise ValidationError(
+                f"column 'tags' has type {tags_type}: tags must be a list of strings"
+            )
+    attributes: list[_Attribute] = []
+    wires: dict[str, str] = {}
+    unnamed_index = _pandas_unnamed_index(schema)
+    for index, name in enumerate(names):
+        if index in (id_index, tags_index) or name in unnamed_index:
+            continue
+        for encoder in encoders:
+            if encoder._attributes_refusal is not None:
+                raise ValidationError(
+                    f"column {name!r}: {encoder._attributes_refusal}; give only the 'id' column"
+                )
+        key_kind, key, date_key, _ = _learn_key(name)
+        type_ = schema.field(index).type
+        kind = _kind_of(pa, type_)
+        if kind is None:
+            raise _refused_type(name, type_, pa)
+        wire = key
+        if key_kind == _PLAIN:
+            if kind == _TS:
+                wire = date_key
+        elif key_kind == _DATE:
+            if kind == _STR:
+                kind = _DATE_TEXT
+            elif kind not in (_TS, _NULL):
+                raise ValidationError(
+                    f"column {name!r} takes ISO-8601 date-time strings or a timestamp with a "
+                    f"time zone, got type {type_}"
+                )
+        else:
+            assert key_kind == _URL
+            if kind == _STR:
+                kind = _URL_TEXT
+            elif kind != _NULL:
+                raise ValidationError(
+                    f"column {name!r} takes absolute http or https URL strings, got type {type_}"
+                )
+        if wire in wires:
+            raise ValidationError(
+                f"columns {wires[wire]!r} and {name!r} both become wire key {wire!r}: "
+                "give each attribute once"
+            )
+        wires[wire] = name
+        unit = type_.unit if kind == _TS else ""
+        attributes.append(_Attribute(index, name, wire, kind, unit))
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise ValidationError(
+            f"{len(attributes)} attribute columns break the limit of {MAX_ATTRIBUTES} "
+            "attributes per entry"
+        )
+    return _Plan(id_index, tags_index, tuple(attributes))
+
+
+@attrs.frozen
+class _Job:
+    """Rows to encode: the Arrow table, the SQL for them, and where each chunk starts and ends."""
+
+    table: Any
+    sql: str
+    first_sql: str | None  # for a replace's first chunk (no action); None: ``sql`` for all
+    bounds: list[tuple[int, int]]  # rows [begin, end) of each chunk in ``table``
+
+
+@attrs.frozen
+class _Step:
+    """One step of the reading worker: its chunks' places and IDs, their job, the first error."""
+
+    places: list[tuple[int, int, int, ArrowIds]]  # index, start, count, IDs of each chunk
+    job: _Job | None
+    error: ValidationError | None
+
+
+class _Encoder:
+    """Encodes jobs to chunk bodies with a DuckDB connection of its own (one thread at a time)."""
+
+    def __init__(self, pa: Any, duckdb: Any) -> None:
+        self._pa = pa
+        self._duckdb = duckdb
+        self._con: Any = None
+
+    def bodies(self, job: _Job) -> list[bytes]:
+        """The JSON array of each chunk of ``job``."""
+        if self._con is None:
+            self._con = self._duckdb.connect(":memory:", config={"threads": 1})
+        con = self._con
+        con.register("chunk", job.table)
+        try:
+            later = _Text.of(self._pa, con.sql(job.sql).to_arrow_table().column(0))
+            first = later
+            if job.first_sql is not None:
+                rows = job.bounds[0][1]
+                result = con.sql(f"{job.first_sql} LIMIT {rows}").to_arrow_table()
+                first = _Text.of(self._pa, result.column(0))
+        finally:
+            con.unregister("chunk")
+        return [
+            (first if number == 0 else later).body(begin, end)
+            for number, (begin, end) in enumerate(job.bounds)
+        ]
+
+    def close(self) -> None:
+        """Close the connection; safe to call more than once."""
+        con, self._con = self._con, None
+        if con is not None:
+            con.close()
+
+
+_END: Final = object()
+
+
+class _Prefetch:
+    """Reads the next batches in a thread of its own while the worker encodes the last ones.
+
+    Decoding a Parquet batch (or running a DuckDB query) and encoding the previous one then
+    overlap. Only this thread touches the stream once it started; it closes the stream when
+    it stops. At most ``depth`` batches wait, so memory stays bounded.
+    """
+
+    def __init__(self, reader: Any, depth: int = 2) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._ended = False
+        self._thread = threading.Thread(
+            target=self._run, args=(reader,), name="batch-audience-columnar-read", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, reader: Any) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    self._put(_END)
+                    return
+                self._put(batch)
+        except BaseException as exc:  # handed to the reader of the queue, raised there
+            self._put(exc)
+        finally:
+            with contextlib.suppress(Exception):
+                reader.close()
+
+    def _put(self, item: object) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read_next_batch(self) -> Any:
+        """The next batch; StopIteration at the end; the stream's own error if it failed."""
+        if self._ended:
+            raise StopIteration
+        item = self._queue.get()
+        if item is _END:
+            self._ended = True
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._ended = True
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop reading; the thread closes the stream after the read in progress, if any."""
+        self._stop.set()
+
+
+class _Stream:
+    """Reads an Arrow stream chunk by chunk; each call to ``next_chunk`` is one blocking step."""
+
+    def __init__(
+        self, source: object, intake: Intake, first: Intake, size: int, start: int
+    ) -> None:
+        self._pa, self._pc, self._duckdb = _modules()
+        self._source: object = source
+        self._encoders = (
+            EntryEncoder(first.generation, first.operation),
+            EntryEncoder(intake.generation, intake.operation),
+        )
+        self._size = size
+        self._position = start
+        self._index = 0
+        self._reader: Any = None
+        self._plan: _Plan | None = None
+        self._left: Any = None  # the part of the last batch read not yet in a chunk
+        self._done = False
+        self._con: Any = None
+        self._sql: dict[tuple[object, ...], str] = {}
+        self._recent: Any = None  # ID hashes and first chunk number of the recent steps
+
+    def close(self) -> None:
+        """Release the stream and the DuckDB connection; safe to call more than once."""
+        self._done = True
+        self._left = None
+        self._source = None
+        self._recent = None
+        reader, self._reader = self._reader, None
+        con, self._con = self._con, None
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                reader.close()
+        if con is not None:
+            con.close()
+
+    def _open(self) -> None:
+        pa = self._pa
+        source, self._source = self._source, None
+        try:
+            reader = pa.RecordBatchReader.from_stream(source)
+        except (TypeError, ValueError, pa.ArrowException) as exc:
+            raise ValidationError(
+                f"a columnar source must stream record batches (a table), got "
+                f"{type(source).__name__}: {exc}"
+            ) from None
+        self._reader = reader
+        self._plan = _plan(pa, reader.schema, self._encoders)
+        self._con = self._duckdb.connect(":memory:", config={"threads": 1})
+        # From here on only the prefetch thread touches the stream.
+        self._reader = _Prefetch(reader)
+
+    def next_step(self) -> _Step:
+        """Read and check the next few chunks; an empty step at the end of the stream.
+
+        When a row breaks a rule, the chunks before the one holding it come back with the
+        error, and the stream is closed: nothing from that chunk on is ever encoded.
+        """
+        if self._done:
+            return _Step([], None, None)
+        try:
+            if self._reader is None:
+                self._open()
+            batch = self._take()
+            if batch is None:
+                self.close()
+                return _Step([], None, None)
+            step = self._step(batch)
+        except BaseException:
+            self.close()
+            raise
+        if step.error is not None:
+            self.close()
+        return step
+
+    def _take(self) -> Any:
+        """The next rows, a whole number of chunks (fewer at the end), as one record batch.
+
+        Whole chunks are sliced from one source batch without a copy; only a chunk that spans
+        two source batches is copied together.
+        """
+        size = self._size
+        left = self._left
+        while left is None or not left.num_rows:
+            try:
+                left = self._reader.read_next_batch()
+            except StopIteration:
+                self._left = None
+                return None
+        if left.num_rows >= size:
+            take = min(left.num_rows // size, max(1, _STEP_ROWS // size)) * size
+            self._left = left.slice(take) if take < left.num_rows else None
+            return left.slice(0, take)
+        slices = [left]
+        have = left.num_rows
+        self._left = None
+        while have < size:
+            try:
+                batch = self._reader.read_next_batch()
+            except StopIteration:
+                break
+            take = min(size - have, batch.num_rows)
+            if take:
+                slices.append(batch.slice(0, take))
+                have += take
+            if take < batch.num_rows:
+                self._left = batch.slice(take)
+        if len(slices) == 1:
+            return slices[0]
+        return self._pa.Table.from_batches(slices).combine_chunks().to_batches()[0]
+
+    def _step(self, batch: Any) -> _Step:
+        pa, pc = self._pa, self._pc
+        plan = self._plan
+        assert plan is not None
+        rows = batch.num_rows
+        ids = _plain_text(pa, pc, batch.column(plan.id_index))
+        suspects = [_mask_rows(pc, pc.fill_null(pc.equal(pc.binary_length(ids), 0), True))]
+        out_of_range: dict[int, Any] = {}
+        columns = [ids]
+        kinds: list[tuple[str, str, bool]] = []
+        for attribute in plan.attributes:
+            if attribute.kind == _NULL:
+                continue
+            column, found = self._attribute(attribute, batch.column(attribute.index))
+            suspects.extend(found)
+            if attribute.kind == _TS:
+                bad = _timestamp_out_of_range(pa, pc, column, attribute.unit)
+                if bad is not None:
+                    out_of_range[attribute.index] = bad
+                    suspects.append(_mask_rows(pc, bad))
+                column = _timestamp_text(pa, pc, column, attribute.unit, bad)
+            columns.append(column)
+            kinds.append((attribute.kind, attribute.wire, attribute.unit == "ns"))
+        has_tags = False
+        if plan.tags_index is not None and not pa.types.is_null(
+            batch.schema.field(plan.tags_index).type
+        ):
+            tags = _plain_list(pa, pc, batch.column(plan.tags_index))
+            suspects.append(_tag_rows(pc, tags))
+            columns.append(tags)
+            has_tags = True
+        error: ValidationError | None = None
+        found = [s for s in suspects if s is not None and len(s)]
+        if found:
+            rows_found = pa.concat_arrays([s.cast(pa.int64()) for s in found])
+            error = self._check_rows(batch, pc.unique(rows_found), out_of_range)
+        size = self._size
+        # Only whole chunks before the one holding the bad row are encoded and sent.
+        good = rows
+        if error is not None:
+            assert error.position is not None
+            good = (error.position - self._position) // size * size
+        places: list[tuple[int, int, int, ArrowIds]] = []
+        job: _Job | None = None
+        if good:
+            table = pa.Table.from_arrays(
+                [c.slice(0, good) for c in columns], names=[f"c{i}" for i in range(len(columns))]
+            )
+            dense = not any(column.null_count for column in columns[1:])
+            shape = (tuple(kinds), has_tags, bool(plan.attributes), dense)
+            first_sql = None
+            if self._index == 0 and self._encoders[0].operation != self._encoders[1].operation:
+                # A chunked replace: its first chunk carries no action.
+                first_sql = self._query(self._encoders[0], *shape)
+            bounds = [(b, min(b + size, good)) for b in range(0, good, size)]
+            job = _Job(table, self._query(self._encoders[1], *shape), first_sql, bounds)
+            overlaps, known_from = self._overlaps(self._hashes(ids.slice(0, good)), good)
+            for begin, end in bounds:
+                ids_of_chunk = ArrowIds(
+                    ids.slice(begin, end - begin),
+                    pc,
+                    origin=self,
+                    index=self._index,
+                    known_from=known_from,
+                    overlaps=overlaps.get(self._index, frozenset()),
+                )
+                places.append((self._index, self._position, end - begin, ids_of_chunk))
+                self._index += 1
+                self._position += end - begin
+        return _Step(places, job, error)
+
+    def _hashes(self, ids: Any) -> Any:
+        """A 64-bit hash of each ID (DuckDB's), for the overlaps between chunks."""
+        con = self._con
+        con.register("ids", self._pa.table({"c0": ids}))
+        try:
+            return con.sql("SELECT hash(c0) FROM ids").to_arrow_table().column(0)
+        finally:
+            con.unregister("ids")
+
+    def _overlaps(self, hashes: Any, rows: int) -> tuple[dict[int, frozenset[int]], int]:
+        """Which earlier chunks of this step and the recent ones share an ID hash with each new one.
+
+        The window holds at least the last ``_WINDOW_CHUNKS`` chunks before this step (steps
+        vary in size). Returns the overlaps by chunk number and the first chunk number they
+        cover. A hash collision only reports an overlap that is not there: a chunk then waits,
+        never more.
+        """
+        pa, pc = self._pa, self._pc
+        hashes = hashes.combine_chunks()
+        recent: list[tuple[Any, int]] = self._recent or []
+        known_from = recent[0][1] if recent else self._index
+        # The common case, no ID twice in the window, costs two hash passes; the join runs
+        # only when some hash repeats.
+        repeats = len(pc.unique(hashes)) != len(hashes)
+        if not repeats and recent:
+            # Hash this step's IDs (fixed size) and probe the window's: cheaper than the other
+            # way round, as the window is the larger side.
+            before = pa.chunked_array([h for h, _ in recent])
+            repeats = bool(pc.any(pc.is_in(before, value_set=hashes)).as_py())
+        full = [*recent, (hashes, self._index)]
+        # Kept for the next step: the steps that cover the last _WINDOW_CHUNKS chunks.
+        kept = list(full)
+        chunks_after = self._index + -(-rows // self._size)
+        while len(kept) > 1 and chunks_after - kept[1][1] >= _WINDOW_CHUNKS:
+            kept.pop(0)
+        self._recent = kept
+        if not repeats:
+            return {}, known_from
+        window = pa.concat_tables(
+            [pa.table({"h": h, "n": self._chunk_numbers(first, len(h))}) for h, first in full]
+        )
+        current = window.slice(len(window) - rows)
+        con = self._con
+        con.register("cur", current)
+        con.register("win", window)
+        try:
+            pairs = con.sql(
+                "SELECT DISTINCT c.n, w.n FROM cur c JOIN win w ON c.h = w.h AND w.n < c.n"
+            ).fetchall()
+        finally:
+            con.unregister("cur")
+            con.unregister("win")
+        found: dict[int, set[int]] = {}
+        for later, earlier in pairs:
+            found.setdefault(later, set()).add(earlier)
+        return {n: frozenset(e) for n, e in found.items()}, known_from
+
+    def _chunk_numbers(self, first: int, rows: int) -> Any:
+        """Each row's chunk number, vectorised: the parent index of one list per chunk."""
+        pa, pc = self._pa, self._pc
+        offsets = pa.array([*range(0, rows, self._size), rows], pa.int32())
+        per_chunk = pa.ListArray.from_arrays(offsets, pa.nulls(rows))
+        return pc.add(pc.list_parent_indices(per_chunk).cast(pa.int64()), first)
+
+    def _attribute(self, attribute: _Attribute, column: Any) -> tuple[Any, list[Any]]:
+        """The column ready for DuckDB and the rows that may break a rule (Arrow index arrays)."""
+        pa, pc = self._pa, self._pc
+        kind = attribute.kind
+        found: list[Any] = []
+        if kind in (_STR, _DATE_TEXT, _URL_TEXT):
+            column = _plain_text(pa, pc, column)
+            lengths = pc.binary_length(column)
+        if kind == _STR:
+            long = pc.greater(lengths, MAX_STRING_LENGTH)
+            if _any(pc, long):
+                found.append(_mask_rows(pc, pc.greater(pc.utf8_length(column), MAX_STRING_LENGTH)))
+        elif kind == _DATE_TEXT:
+            form = pc.match_substring_regex(column, _DATE_FORM)
+            # strptime rolls 02-30 over to 03-02: a real day prints back as itself.
+            day_text = pc.utf8_slice_codeunits(column, 0, 10)
+            day = pc.strptime(day_text, format="%Y-%m-%d", unit="s", error_is_null=True)
+            real_day = pc.equal(pc.strftime(day, format="%Y-%m-%d"), day_text)
+            fine = pc.and_kleene(
+                pc.and_kleene(form, real_day),
+                pc.invert(pc.starts_with(column, "0000")),
+            )
+            found.append(_mask_rows(pc, pc.and_(pc.is_valid(column), pc.invert(fine))))
+        elif kind == _URL_TEXT:
+            fine = pc.and_(
+                pc.less_equal(lengths, MAX_URL_LENGTH), pc.match_substring_regex(column, _URL_FORM)
+            )
+            found.append(_mask_rows(pc, pc.and_(pc.is_valid(column), pc.invert(fine))))
+        elif kind == _UINT64:
+            found.append(_mask_rows(pc, pc.greater(column, pa.scalar(_INT_MAX, pa.uint64()))))
+        elif kind == _FLOAT:
+            if not pa.types.is_float64(column.type):
+                column = column.cast(pa.float64())
+            found.append(_mask_rows(pc, pc.invert(pc.is_finite(column))))
+        elif kind == _ARRAY:
+            column = _plain_list(pa, pc, column)
+            found.append(_mask_rows(pc, pc.greater(pc.list_value_length(column), MAX_ARRAY_ITEMS)))
+            items = pc.list_flatten(column)
+            bad = pc.fill_null(pc.greater(pc.binary_length(items), MAX_STRING_LENGTH), True)
+            if _any(pc, bad):
+                found.append(pc.unique(pc.filter(pc.list_parent_indices(column), bad)))
+        return column, found
+
+    def _check_rows(
+        self, batch: Any, rows: Any, out_of_range: dict[int, Any]
+    ) -> ValidationError | None:
+        """Give each flagged row, in order, to EntryEncoder; return the first broken rule."""
+        plan = self._plan
+        assert plan is not None
+        for row in sorted(rows.to_pylist()):
+            position = self._position + row
+            first_chunk = self._index + row // self._size == 0
+            encoder = self._encoders[0] if first_chunk else self._encoders[1]
+            rid = batch.column(plan.id_index)[row].as_py()
+            record: dict[str, Any] = {"id": rid}
+            attributes: dict[str, Any] = {}
+            try:
+                # The ID is judged first, as the record path does.
+                encoder.encode(record, position)
+                for attribute in plan.attributes:
+                    if attribute.kind == _TS:
+                        bad = out_of_range.get(attribute.index)
+                        if bad is not None and bad[row].as_py():
+                            raise ValidationError(
+                                f"attribute {attribute.name!r} is a timestamp outside years 1 "
+                                "to 9999, which a date attribute cannot hold",
+                                position=position,
+                                record_id=rid,
+                            )
+                        # Any other timestamp is valid (and Python cannot hold nanoseconds).
+                        continue
+                    if attribute.kind == _NULL:
+                        continue
+                    value = batch.column(attribute.index)[row].as_py()
+                    if value is not None:
+                        attributes[attribute.name] = value
+                if plan.attributes:
+                    record["attributes"] = attributes
+                if plan.tags_index is not None:
+                    record["tags"] = batch.column(plan.tags_index)[row].as_py()
+                encoder.encode(record, position)
+            except ValidationError as exc:
+                return exc
+        return None
+
+    def _query(
+        self,
+        encoder: EntryEncoder,
+        kinds: tuple[tuple[str, str, bool], ...],
+        tags: bool,
+        attributes: bool,
+        dense: bool,
+    ) -> str:
+        """The SQL that writes one JSON entry per row, followed by a comma; cached per shape.
+
+        ``dense``: no null cell in the step, so each row is one ``to_json`` of a struct (one
+        serialisation per row); otherwise strings are joined and a null cell drops its key.
+        """
+        action = encoder.operation if encoder.operation != "replace" else None
+        shape = (action, kinds, tags, attributes, dense)
+        sql = self._sql.get(shape)
+        if sql is not None:
+            return sql
+        if dense:
+            fields = ([f"'action': {_literal(action)}"] if action is not None else []) + [
+                "'id': c0"
+            ]
+            if attributes:
+                values = ", ".join(
+                    f"{_literal(wire)}: {_struct_value_sql(f'c{number}', kind, nanos)}"
+                    for number, (kind, wire, nanos) in enumerate(kinds, start=1)
+                )
+                # An empty struct is not valid SQL: no attribute column left means {}.
+                fields.append(
+                    f"'attributes': {{{values}}}" if values else "'attributes': '{}'::JSON"
+                )
+            if tags:
+                fields.append(f"'tags': c{len(kinds) + 1}")
+            entry = f"to_json({{{', '.join(fields)}}}) || ','"
+        else:
+            head = '{"id":' if action is None else f'{{"action":"{action}","id":'
+            parts = [_literal(head), "to_json(c0)"]
+            if attributes:
+                pieces = []
+                for number, (kind, wire, nanos) in enumerate(kinds, start=1):
+                    # '"key":' || NULL is NULL, and concat_ws skips NULLs: a null cell drops
+                    # its key.
+                    key = _literal(f'"{wire}":')
+                    pieces.append(f"{key} || {_value_sql(f'c{number}', kind, nanos)}")
+                inner = f"concat_ws(',', {', '.join(pieces)})" if pieces else "''"
+                parts += [_literal(',"attributes":{'), inner, _literal("}")]
+            if tags:
+                key = _literal(',"tags":')
+                parts.append(f"{key} || to_json(c{len(kinds) + 1})")
+            parts.append(_literal("},"))
+            entry = f"concat({', '.join(parts)})"
+        sql = f"SELECT {entry} AS entry FROM chunk"
+        if len(self._sql) >= _SQL_CACHE_MAX:
+            self._sql.clear()
+        self._sql[shape] = sql
+        return sql
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _value_sql(column: str, kind: str, nanos: bool) -> str:
+    if kind in (_INT, _UINT64):
+        return f"{column}::VARCHAR"
+    # Timestamps arrive as their text already (see _timestamp_text).
+    return f"to_json({column})"
+
+
+def _struct_value_sql(column: str, kind: str, nanos: bool) -> str:
+    return column
+
+
+def _any(pc: Any, mask: Any) -> bool:
+    return bool(pc.any(mask).as_py())
+
+
+def _mask_rows(pc: Any, mask: Any) -> Any:
+    """The row numbers where ``mask`` is true (null counts as false)."""
+    return pc.indices_nonzero(pc.fill_null(mask, False))
+
+
+def _plain_text(pa: Any, pc: Any, column: Any) -> Any:
+    """A string column as string or large_string (dictionaries and views decoded)."""
+    type_ = column.type
+    if pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        return column
+    return column.cast(pa.large_string())
+
+
+def _plain_list(pa: Any, pc: Any, column: Any) -> Any:
+    """A list-of-strings column as list<string> or large_list<...> with plain string items."""
+    type_ = column.type
+    if pa.types.is_null(type_):
+        return column
+    if (pa.types.is_list(type_) or pa.types.is_large_list(type_)) and (
+        pa.types.is_string(type_.value_type) or pa.types.is_large_string(type_.value_type)
+    ):
+        return column
+    return column.cast(pa.large_list(pa.large_string()))
+
+
+def _tag_rows(pc: Any, tags: Any) -> Any:
+    """Rows whose tags may break the tag rule: empty, long, null, non-ASCII or uppercase."""
+    items = pc.list_flatten(tags)
+    lengths = pc.binary_length(items)
+    bad = pc.or_(
+        pc.or_(pc.equal(lengths, 0), pc.greater(lengths, MAX_TAG_LENGTH)),
+        # Non-ASCII tags go to EntryEncoder: str.lower() is the rule, not Arrow's case tables.
+        pc.or_(pc.invert(pc.string_is_ascii(items)), pc.not_equal(pc.ascii_lower(items), items)),
+    )
+    bad = pc.fill_null(bad, True)
+    if not _any(pc, bad):
+        return None
+    return pc.unique(pc.filter(pc.list_parent_indices(tags), bad))
+
+
+def _timestamp_out_of_range(pa: Any, pc: Any, column: Any, unit: str) -> Any:
+    """A mask of the timestamps outside years 1 to 9999; None when there are none."""
+    if unit == "ns":
+        return None  # 64-bit nanoseconds reach only years 1677 to 2262
+    per = _PER_SECOND[unit]
+    low, high = _TS_MIN_S * per, _TS_MAX_S * per
+    raw = column.cast(pa.int64())
+    extremes = pc.min_max(raw).as_py()
+    if extremes["min"] is None or (extremes["min"] >= low and extremes["max"] < high):
+        return None
+    return pc.or_(pc.less(raw, low), pc.greater_equal(raw, high))
+
+
+def _timestamp_text(pa: Any, pc: Any, column: Any, unit: str, out_of_range: Any) -> Any:
+    """The library's UTC text of each timestamp: seconds, then fractions only when non-zero.
+
+    As ``_validate._utc_text`` writes a datetime: ``2024-01-02T10:00:00Z``, or six digits of
+    microseconds when there are some (nine for nanoseconds below a microsecond). Arrow's cast
+    to string is ~4x cheaper than strftime in DuckDB or Arrow.
+    """
+    if out_of_range is not None:
+        # Those rows raise before they are encoded: do not ask Arrow to print them.
+        column = pc.if_else(out_of_range, pa.scalar(None, column.type), column)
+    utc = column.cast(pa.timestamp(unit))  # the same instants, without the zone's name
+    text = utc.cast(pa.timestamp("s"), safe=False).cast(pa.string())
+    if unit != "s":
+        raw = utc.cast(pa.int64())
+        per = _PER_SECOND[unit]
+        whole = pc.equal(pc.multiply(pc.divide(raw, per), per), raw)
+        if not bool(pc.all(whole).as_py()):
+            fine_unit = "ns" if unit == "ns" else "us"
+            fine = utc.cast(pa.timestamp(fine_unit)).cast(pa.string())
+            if unit == "ns":
+                micros = pc.equal(pc.multiply(pc.divide(raw, 1_000), 1_000), raw)
+                fine = pc.if_else(
+                    micros, utc.cast(pa.timestamp("us"), safe=False).cast(pa.string()), fine
+                )
+            text = pc.if_else(whole, text, fine)
+    text = pc.replace_substring(text, " ", "T", max_replacements=1)
+    return pc.binary_join_element_wise(text, "Z", "")
+
+
+class _Text:
+    """A string column's buffers, to cut the JSON of consecutive rows out in one copy."""
+
+    __slots__ = ("_data", "_keep", "_offsets")
+
+    def __init__(self, array: Any, offsets: memoryview, data: memoryview) -> None:
+        self._keep = array  # the buffers live as long as the array
+        self._offsets = offsets
+        self._data = data
+
+    @classmethod
+    def of(cls, pa: Any, column: Any) -> _Text:
+        array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+            array = array.cast(pa.large_string())
+        _, offsets, data = array.buffers()
+        view = memoryview(offsets).cast("q" if pa.types.is_large_string(array.type) else "i")
+        return cls(array, view[array.offset : array.offset + len(array) + 1], memoryview(data))
+
+    def body(self, begin: int, end: int) -> bytes:
+        """The JSON array of rows ``begin`` to ``end``; each row's text ends with a comma."""
+        offsets = self._offsets
+        # The last entry's comma becomes the closing bracket.
+        return b"".join((b"[", self._data[offsets[begin] : offsets[end] - 1], b"]"))
+
+
+def iter_columnar(
+    source: object, intake: Intake, *, size: int, start: int = 0, first: Intake | None = None
+) -> Iterator[Chunk]:
+    """The chunks of a columnar source, in the calling thread (for tests and scripts).
+
+    Raises:
+        ModuleNotFoundError: pyarrow or duckdb is missing (the message names the install command).
+        ValidationError: for the schema before the first chunk; for the first bad row, with
+            its position and ID, instead of the chunk holding it.
+    """
+    stream = _Stream(source, intake, first or intake, size, start)
+    encoder = _Encoder(stream._pa, stream._duckdb)
+    try:
+        while True:
+            step = stream.next_step()
+            bodies = encoder.bodies(step.job) if step.job is not None else []
+            yield from _chunks(step, bodies)
+            if step.error is not None:
+                raise step.error
+            if not step.places:
+                return
+    finally:
+        stream.close()
+        encoder.close()
+
+
+def _chunks(step: _Step, bodies: list[bytes]) -> list[Chunk]:
+    return [
+        Chunk(index, start, count, body, cast(Any, ids))
+        for (index, start, count, ids), body in zip(step.places, bodies, strict=True)
+    ]
+
+
+def aiter_columnar(
+    source: object, intake: Intake, *, size: int, start: int = 0, first: Intake | None = None
+) -> AsyncIterator[Chunk]:
+    """The chunks of a columnar source, prepared in worker threads while earlier ones are sent.
+
+    Raises:
+        ModuleNotFoundError: at once, if pyarrow or duckdb is missing.
+        ValidationError: as ``iter_columnar``.
+    """
+    stream = _Stream(source, intake, first or intake, size, start)
+    return _pump(stream, _Encoder(stream._pa, stream._duckdb))
+
+
+async def _pump(stream: _Stream, encoder: _Encoder) -> AsyncIterator[Chunk]:
+    # Two worker threads per upload, each owning its DuckDB connection: one reads and checks
+    # steps, one encodes them, so the two halves of the work overlap. Each worker runs its
+    # tasks one at a time, in order, and closes what it owns after its last task.
+    reading = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-audience-columnar")
+    encoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-audience-encode")
+    # Steps queued ahead: the workers keep reading and encoding while the loop sends.
+    steps = collections.deque([reading.submit(stream.next_step) for _ in range(_AHEAD)])
+    try:
+        while True:
+            step = await asyncio.wrap_future(steps.popleft())
+            if step.error is None and step.places:
+                steps.append(reading.submit(stream.next_step))
+            bodies: list[bytes] = []
+            if step.job is not None:
+                bodies = await asyncio.wrap_future(encoding.submit(encoder.bodies, step.job))
+            for chunk in _chunks(step, bodies):
+                yield chunk
+            if step.error is not None:
+                raise step.error
+            if not step.places:
+                return
+    finally:
+        for pending in steps:
+            pending.cancel()  # only those not started yet: a running step finishes first
+        # Queued behind a task still running (a consumer that stopped early), never beside it.
+        reading.submit(stream.close)
+        encoding.submit(encoder.close)
+        reading.shutdown(wait=False)
+        encoding.shutdown(wait=False)
+
+
+# -- Parquet files, for the command line -------------------------------------------------------
+
+PARQUET_BATCH_ROWS: Final = 65_536  # rows per batch read from a Parquet file
+
+
+class ParquetRecords(RecordReader):
+    """The rows of a Parquet file as a columnar source (``upload FILE.parquet``).
+
+    Uploads read it through ``__arrow_c_stream__``, batch by batch, after the first ``skip``
+    rows (a resumed upload). With ``ids_only`` (``--mode remove``) only the ``id`` column is
+    read, so the file that filled an audience also empties it. ``line`` stays 0: a Parquet
+    file has rows, not lines, and errors name the row (``users.parquet:25001: record 25001``).
+    Iterating it gives the rows as record mappings, for callers that want records.
+    """
+
+    def __init__(self, path: str, *, skip: int = 0, ids_only: bool = False) -> None:
+        if path == STDIN:
+            # Parquet keeps its schema and row groups' places at the end of the file.
+            raise ValidationError("Parquet cannot be read from stdin: give the file's path")
+        pa, _, _ = _modules()
+        parquet = importlib.import_module("pyarrow.parquet")
+        super().__init__((), name=path, skip=skip, ids_only=ids_only)
+        try:
+            self._file: Any = parquet.ParquetFile(path)
+        except pa.ArrowException as exc:
+            raise SourceError(f"cannot read it as Parquet: {exc}", source=path, line=0) from None
+        self._closer = self._file.close
+        self.rows: int = self._file.metadata.num_rows
+
+    def _batches(self) -> Iterator[Any]:
+        if self._started:
+            raise RuntimeError(f"{self.name}: a Parquet source can be read only once")
+        self._started = True
+        columns = ["id"] if self.ids_only and "id" in self._file.schema_arrow.names else None
+        left = self.skip
+        for batch in self._file.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+            if left >= batch.num_rows:
+                left -= batch.num_rows
+                continue
+            yield batch.slice(left) if left else batch
+            left = 0
+
+    def _schema(self) -> Any:
+        schema = self._file.schema_arrow
+        if self.ids_only and "id" in schema.names:
+            return self._pa().schema([schema.field("id")])
+        return schema
+
+    @staticmethod
+    def _pa() -> Any:
+        return _modules()[0]
+
+    def __arrow_c_stream__(self, requested_schema: object = None) -> object:
+        """The rows after ``skip`` as an Arrow C stream (read lazily, batch by batch)."""
+        reader = self._pa().RecordBatchReader.from_batches(self._schema(), self._batches())
+        return reader.__arrow_c_stream__(requested_schema)
+
+    def skip_now(self, stop: threading.Event | None = None) -> None:
+        """Nothing to do now: the stream passes the skipped rows by whole batches as it reads."""
+
+    def __iter__(self) -> Iterator[object]:
+        names = [n for n in self._schema().names if n not in ("id", "tags")]
+        self.count = self.skip
+        for batch in self._batches():
+            for row in batch.to_pylist():
+                record: dict[str, Any] = {"id": row["id"]}
+                if names:
+                    record["attributes"] = {n: row[n] for n in names if row[n] is not None}
+                if "tags" in row:
+                    record["tags"] = row["tags"]
+                self.count += 1
+                yield record
+
+
+def check_parquet(
+    path: str,
+    encoder: EntryEncoder,
+    *,
+    skip: int = 0,
+    ids_only: bool = False,
+    tick: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Check a Parquet file as its upload will read it; return its row count (``skip`` included).
+
+    The very chunks the upload sends are built and dropped, so a file that passes is one the
+    upload sends whole.
+
+    Raises:
+        SourceError: the schema, or the first bad row (named by its row number).
+        OSError: the file cannot be opened.
+        Interrupted: ``stop`` was set.
+    """
+    operation = encoder.operation
+    intake = Intake(encoder.generation, "add" if operation == "replace" else operation)
+    first = Intake(encoder.generation, "replace") if operation == "replace" else None
+    with ParquetRecords(path, skip=skip, ids_only=ids_only) as records:
+        position = skip
+        try:
+            for chunk in iter_columnar(records, intake, size=MAX_ENTRIES, start=skip, first=first):
+                position = chunk.end
+                if stop is not None and stop.is_set():
+                    raise Interrupted
+                if tick is not None:
+                    tick(position)
+        except ValidationError as exc:
+            if isinstance(exc, SourceError):
+                raise
+            line = 0 if exc.position is None else exc.position + 1
+            raise SourceError.wrap(exc, source=path, line=line) from None
+        return position
