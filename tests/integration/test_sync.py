@@ -345,6 +345,7 @@ async def test_a_columnar_source_syncs_like_records(
 ) -> None:
     """A pyarrow Table: first sync, then only the changes; the same digests as records."""
     import pyarrow as pa
+
     state = tmp_path / "aud.state"
     await client.create("aud")
 
