@@ -47,7 +47,7 @@ from ._syncstate import (
     SyncState,
     SyncStateError,
 )
-from ._upload import Operation, check_chunk_size, check_concurrency
+from ._upload import Operation, _length, check_chunk_size, check_concurrency
 from ._validate import MAX_ENTRIES, check_audience_name
 
 if TYPE_CHECKING:
@@ -356,13 +356,6 @@ def _iterator(source: object) -> Iterator[object]:
             f"records must be an iterable or an async iterable, got {type(source).__name__}"
         )
     return iter(source)
-
-
-def _length(source: object) -> int | None:
-    try:
-        return len(source)  # type: ignore[arg-type]
-    except TypeError:
-        return None
 
 
 async def _rows(state: SyncState, worker: _Worker, what: str) -> AsyncIterator[list[str]]:

@@ -369,3 +369,17 @@ async def test_a_columnar_source_syncs_like_records(
     records = [{"id": i, "attributes": {"rank": r}} for i, r in expected.items()]
     again = await client.sync("aud", records, state=state)
     assert (again.sent, again.unchanged) == (0, 12_000)
+    # A DuckDB relation (a Parquet file read by DuckDB would be one) with one change.
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        relation = con.sql(
+            "SELECT 'u-' || i AS id, CASE WHEN i = 500 THEN 5 ELSE i END AS rank "
+            "FROM range(10, 12010) t(i)"
+        )
+        last = await client.sync("aud", relation, state=state)
+    finally:
+        con.close()
+    assert (last.changed, last.added, last.removed, last.requests) == (1, 0, 0, 1)
+    assert fake_server.members("aud")["u-500"].attributes == {"rank": 5}
