@@ -42,6 +42,7 @@ from ._models import (
     converter,
 )
 from ._poller import wait_applied
+from ._ratebudget import RateBudget, SkippedTime
 from ._redact import mask, redact_url
 from ._session import DEFAULT_MAX_RESPONSE_BYTES, Session, SleepFn, is_loopback
 from ._upload import DEFAULT_CONCURRENCY, AckHook, Operation, run_upload
@@ -95,6 +96,7 @@ class _BaseClient:
         ssl: Any,
         allow_insecure_http: bool,
         max_response_bytes: int,
+        max_ids_per_second: float | None,
     ) -> None:
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValidationError(f"base_url must be an http:// or https:// URL, got {base_url!r}")
@@ -114,6 +116,17 @@ class _BaseClient:
         self._rand = rand if rand is not None else random.random
         self._poll = poll or PollPolicy()
         self._state = _State.UNOPENED
+        # One rate budget for every write of this client (spec §7): uploads and writers.
+        if sleep is None:
+            self._budget = RateBudget(max_ids_per_second=max_ids_per_second)
+        else:
+            # A test's zero-wait sleep: the budget's waits are skipped too, and its clock
+            # counts every skipped wait as passed.
+            skipped = SkippedTime(sleep)
+            sleep = skipped.sleep
+            self._budget = RateBudget(
+                max_ids_per_second=max_ids_per_second, clock=skipped.clock, sleep=skipped.skip
+            )
         self._session = Session(
             base_url=base_url,
             headers=endpoints.auth_headers(rest_key),
@@ -393,6 +406,7 @@ class _BaseClient:
             start=start,
             skip_replace=skip_replace,
             on_ack=on_ack,
+            budget=self._budget,
         )
         if wait and report.tokens:
             states = await self.wait_applied(name, report.tokens)
@@ -542,7 +556,11 @@ def _list_page(data: Any, key: str) -> tuple[Mapping[str, Any], list[Any]]:
 
 @final
 class AudienceClient(_BaseClient):
-    """Client of Batch's project-scoped Audience API 2.x."""
+    """Client of Batch's project-scoped Audience API 2.x.
+
+    All writes of one client share a rate budget in IDs per second, learned from the server's
+    429s; ``max_ids_per_second`` caps it (below the server's own limit, no 429 at all).
+    """
 
     def __init__(
         self,
@@ -561,6 +579,7 @@ class AudienceClient(_BaseClient):
         ssl: Any = True,
         allow_insecure_http: bool = False,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_ids_per_second: float | None = None,
     ) -> None:
         rest_key = _check_key("rest_key", rest_key)
         project_key = _check_key("project_key", project_key)
@@ -579,6 +598,7 @@ class AudienceClient(_BaseClient):
             ssl=ssl,
             allow_insecure_http=allow_insecure_http,
             max_response_bytes=max_response_bytes,
+            max_ids_per_second=max_ids_per_second,
         )
 
     @property
@@ -620,7 +640,11 @@ class AudienceClient(_BaseClient):
 
 @final
 class CustomAudienceClient(_BaseClient):
-    """Client of Batch's app-scoped Custom Audience API 1.0 (custom IDs) or 1.1 (install IDs)."""
+    """Client of Batch's app-scoped Custom Audience API 1.0 (custom IDs) or 1.1 (install IDs).
+
+    All writes of one client share a rate budget in IDs per second, learned from the server's
+    429s; ``max_ids_per_second`` caps it (below the server's own limit, no 429 at all).
+    """
 
     def __init__(
         self,
@@ -639,6 +663,7 @@ class CustomAudienceClient(_BaseClient):
         ssl: Any = True,
         allow_insecure_http: bool = False,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_ids_per_second: float | None = None,
     ) -> None:
         api_key = _check_key("api_key", api_key)
         rest_key = _check_key("rest_key", rest_key)
@@ -657,6 +682,7 @@ class CustomAudienceClient(_BaseClient):
             ssl=ssl,
             allow_insecure_http=allow_insecure_http,
             max_response_bytes=max_response_bytes,
+            max_ids_per_second=max_ids_per_second,
         )
 
     @property

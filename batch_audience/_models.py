@@ -89,6 +89,9 @@ class UploadReport:
     atomic: bool = True
     # Final indexing state of each token, filled when the upload waited for indexing.
     states: Mapping[str, IndexingState | str] | None = None
+    throttled: int = 0  # write requests answered 429 (each was retried or raised)
+    # The client's rate budget when the upload ended, IDs per second; None: not paced.
+    rate: float | None = None
 
     @property
     def records_per_second(self) -> float:
@@ -139,6 +142,8 @@ class Progress:
     requests: int
     retries: int
     elapsed: float  # seconds since the upload started
+    throttled: int = 0  # write requests answered 429 so far
+    rate: float | None = None  # the client's rate budget now, IDs per second; None: not paced
 
 
 class ProgressCallback(Protocol):

@@ -20,13 +20,11 @@ Rules kept here (spec §7, §8):
   ``take_failures`` hands them back. Chunks acknowledged past a failure are delivered to
   ``on_ack`` then (they did land), but ``acknowledged`` stays before the failure.
 
-The rate budget. A client-wide budget in IDs per second (spec §7, ``_ratebudget``) sits in
-one place: ``await budget.acquire(cost)`` right before a chunk is written (``cost`` = its
-entries, in stream order, after its turn came), ``budget.succeeded(cost)`` after its 2xx,
-``budget.throttled(retry_after)`` on each 429 (retried or final). ``RateBudget`` is the
-protocol it must satisfy; the default, ``NO_BUDGET``, lets everything through. Retries of a
-chunk are paced by the session's backoff and Retry-After, not acquired again: the budget
-hears of each 429 and slows every writer of the client down.
+The rate budget. A client-wide budget in IDs per second (spec §7, ``_ratebudget``) is handed
+to the session with each chunk's cost (its entries): the session takes the chunk's IDs from it
+before every attempt, the first and each retry, and tells it of each 429 and each 2xx, so
+every writer of the client slows down together and a retry waits for its IDs like any write.
+Without one (``budget=None``) nothing is paced.
 
 Users. ``run_upload`` hands chunks to ``put`` (bounded concurrency) and a chunked replace's
 first chunk to ``send`` (alone, answered before anything else goes). A writer sending one
@@ -45,20 +43,18 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Final, Protocol
+from typing import Final
 
 from ._chunker import Chunk
 from ._endpoints import ApiRoute
 from ._exceptions import BatchAudienceError, RateLimitError
+from ._ratebudget import RateBudget
 from ._session import Response, Session
 from ._tracing import span
 
 __all__ = [
     "DEFAULT_CONCURRENCY",
-    "NO_BUDGET",
     "AckHook",
-    "NoBudget",
-    "RateBudget",
     "RetryHook",
     "RouteFn",
     "Sender",
@@ -72,37 +68,6 @@ RouteFn = Callable[[Chunk], ApiRoute]
 AckHook = Callable[["Sent"], None]
 # Called before each retry with the error and the wait (seconds), as Session.send does.
 RetryHook = Callable[[BatchAudienceError, float], None]
-
-
-class RateBudget(Protocol):
-    """What the sender asks before each write: a client-wide budget in IDs per second."""
-
-    async def acquire(self, cost: int) -> None:
-        """Wait until ``cost`` IDs may be written; cancelling the wait must not spend them."""
-
-    def throttled(self, retry_after: float | None) -> None:
-        """A write was answered 429; ``retry_after`` is the server's wait in seconds, if given."""
-
-    def succeeded(self, cost: int) -> None:
-        """A write of ``cost`` IDs was acknowledged."""
-
-
-class NoBudget:
-    """The default budget: never waits, ignores what it is told."""
-
-    __slots__ = ()
-
-    async def acquire(self, cost: int) -> None:
-        """Return at once."""
-
-    def throttled(self, retry_after: float | None) -> None:
-        """Ignore the 429."""
-
-    def succeeded(self, cost: int) -> None:
-        """Ignore the success."""
-
-
-NO_BUDGET: Final = NoBudget()
 
 
 class _Concurrency:
@@ -183,7 +148,7 @@ class Sender:
         *,
         concurrency: int = DEFAULT_CONCURRENCY,
         start: int = 0,
-        budget: RateBudget = NO_BUDGET,
+        budget: RateBudget | None = None,
         on_ack: AckHook | None = None,
         on_retry: RetryHook | None = None,
         audience: str = "",
@@ -226,7 +191,6 @@ class Sender:
         while tasks and (len(tasks) >= self._limiter.limit or await self._overlaps(chunk)):
             await self._reap(asyncio.FIRST_COMPLETED)
             self._check()
-        await self._budget.acquire(chunk.count)
         sent = Sent(chunk)
         self._order.append(sent)
         # Registered with no await in between: abort() always sees the task.
@@ -242,7 +206,6 @@ class Sender:
             BatchAudienceError: this chunk's error, or that of an earlier chunk that failed.
         """
         await self.join()
-        await self._budget.acquire(chunk.count)
         sent = Sent(chunk)
         self._order.append(sent)
         try:
@@ -392,7 +355,7 @@ class Sender:
                 self._gap = True
 
     async def _write(self, sent: Sent, route: ApiRoute | None) -> Response:
-        """One chunk's request, retried by the session; tells the limiter and the budget."""
+        """One chunk's request, retried and paced by the session; tells the limiter."""
         chunk = sent.chunk
         assert chunk is not None
         if route is None:
@@ -408,20 +371,19 @@ class Sender:
             },
         ):
             try:
-                response = await self._session.send(route, on_retry=self._on_retry)
-            except RateLimitError as exc:
+                response = await self._session.send(
+                    route, on_retry=self._on_retry, budget=self._budget, cost=sent.count
+                )
+            except RateLimitError:
                 self._limiter.throttled()
-                self._budget.throttled(exc.retry_after)
                 raise
         # Acknowledged: the body is not needed any more, even before the task is reaped.
         sent.chunk = None
         self._limiter.succeeded()
-        self._budget.succeeded(sent.count)
         return response
 
     def _on_retry(self, exc: BatchAudienceError, delay: float) -> None:
         if isinstance(exc, RateLimitError):
             self._limiter.throttled()
-            self._budget.throttled(exc.retry_after)
         if self._on_retry_hook is not None:
             self._on_retry_hook(exc, delay)

@@ -29,10 +29,12 @@ from ._exceptions import (
     BatchAudienceError,
     ClientClosedError,
     ConnectError,
+    RateLimitError,
     RequestTimeout,
     TransportError,
     ValidationError,
 )
+from ._ratebudget import RateBudget
 from ._redact import redact_url, scrub
 
 __all__ = ["Response", "Session", "SleepFn", "outcome_unknown", "parse_retry_after"]
@@ -41,6 +43,10 @@ logger = logging.getLogger("batch_audience")
 
 SleepFn = Callable[[float], Awaitable[None]]
 RetryHook = Callable[[BatchAudienceError, float], None]
+
+# A 429 does not use up an attempt while the server accepted a write of this client during the
+# call or within this many seconds: a rate limit slows writes down, it does not fail them.
+PROGRESS_WINDOW: Final = 60.0  # seconds
 
 # Responses above this are refused rather than buffered without limit.
 DEFAULT_MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024
@@ -231,25 +237,38 @@ class Session:
         *,
         retry: RetryPolicy | None = None,
         on_retry: RetryHook | None = None,
+        budget: RateBudget | None = None,
+        cost: int = 1,
     ) -> Response:
         """Send a route, retrying retriable failures per the policy; return the 2xx answer.
 
         The policy's deadline bounds the whole call: each attempt's timeout is cut to the
         time left, and no attempt starts without time left. An error raised after an attempt
         whose outcome is unknown carries ``after_unknown_outcome=True``.
+
+        With a ``budget`` (a write of ``cost`` IDs), every attempt first waits for its IDs
+        (within the deadline) and the budget hears of each 429 and 2xx. A 429 then waits what
+        the budget says (Retry-After, or the refused IDs at the new rate), and it does not use
+        up an attempt while the server keeps accepting this client's writes (spec §7).
         """
         policy = retry or self.retry
         clock = self._clock
         deadline = None if policy.deadline is None else clock() + policy.deadline
         attempt = 0
+        counted = 0  # attempts that count against max_attempts
+        began = clock()
+        began_budget = None if budget is None else budget.now()
         # Whether an earlier attempt may have been applied although it failed.
         unknown = False
         last: BatchAudienceError | None = None
         while True:
             attempt += 1
             answer: tuple[int, Any] | None = None
+            sent_at: float | None = None
             try:
-                if await self._acquire(deadline):
+                if budget is not None:
+                    sent_at = await self._take_budget(budget, cost, deadline)
+                if (budget is None or sent_at is not None) and await self._acquire(deadline):
                     try:
                         timeout = self._attempt_timeout(deadline, policy)
                         if timeout is not None:
@@ -260,12 +279,29 @@ class Session:
                 exc.after_unknown_outcome = unknown
                 unknown = unknown or outcome_unknown(exc)
                 last = exc
+                counted += 1
+                throttled = exc if isinstance(exc, RateLimitError) else None
+                if budget is not None and throttled is not None:
+                    assert began_budget is not None
+                    if sent_at is not None:
+                        budget.throttled(cost, throttled.retry_after, sent_at)
+                    since = min(began_budget, budget.now() - PROGRESS_WINDOW)
+                    if budget.accepted_since(since):
+                        counted -= 1  # the server takes writes: slowed down, not failing
+                    exc.add_note(
+                        f"the call waited {clock() - began:.1f} s in all; the rate budget: "
+                        f"{budget.describe()}"
+                    )
                 if not exc.retriable:
                     raise
-                if attempt >= policy.max_attempts:
+                if counted >= policy.max_attempts:
                     exc.add_note(f"gave up after {attempt} attempts")
                     raise
                 delay = self.retry_delay(attempt, exc, policy)
+                if budget is not None and throttled is not None and throttled.retry_after is None:
+                    # No word from the server: the budget holds the retry until the new
+                    # rate has paid for the refused IDs; a backoff on top would only idle.
+                    delay = 0.0
                 if delay > policy.max_retry_after:
                     exc.add_note(
                         f"gave up after {attempt} attempts: the server asked to wait "
@@ -304,19 +340,36 @@ class Session:
                 await self._sleep(delay)
                 continue
             if answer is not None:
+                if budget is not None and sent_at is not None:
+                    budget.succeeded(cost, sent_at)
                 return Response(answer[0], answer[1], attempt)
             # No time was left when this attempt's turn came (a wait for a slot, or a sleep
             # that overran): the last real failure is what the caller sees, when there is one.
             if last is not None:
                 last.add_note(_deadline_note(attempt - 1, policy))
                 raise last
-            raise RequestTimeout(
+            never_sent = RequestTimeout(
                 f"the call's deadline of {policy.deadline:g} s passed before the request "
                 "could be sent",
                 method=route.method,
                 url=redact_url(route.path),
                 request_sent=False,
             )
+            if budget is not None:
+                never_sent.add_note(f"the rate budget: {budget.describe()}")
+            raise never_sent
+
+    async def _take_budget(
+        self, budget: RateBudget, cost: int, deadline: float | None
+    ) -> float | None:
+        """Wait for ``cost`` IDs of the budget; when they went out, or None past the deadline."""
+        if deadline is None:
+            return await budget.acquire(cost)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                return await budget.acquire(cost)
+        except TimeoutError:
+            return None
 
     async def _acquire(self, deadline: float | None) -> bool:
         """Take a slot among the requests in flight; False if the deadline passed first."""

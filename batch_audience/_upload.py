@@ -28,10 +28,11 @@ import orjson
 
 from ._chunker import Chunk, aiter_chunks
 from ._endpoints import ApiRoute, Endpoints
-from ._exceptions import BatchAudienceError, ValidationError
+from ._exceptions import BatchAudienceError, RateLimitError, ValidationError
 from ._intake import Intake
 from ._models import Progress, ProgressCallback, Records, UploadReport
-from ._sender import DEFAULT_CONCURRENCY, NO_BUDGET, RateBudget, Sender, Sent
+from ._ratebudget import RateBudget
+from ._sender import DEFAULT_CONCURRENCY, Sender, Sent
 from ._session import Session
 from ._validate import MAX_ENTRIES
 
@@ -47,6 +48,7 @@ class _Tally:
     records: int = 0
     requests: int = 0
     retries: int = 0
+    throttled: int = 0
     tokens: dict[int, str] = attrs.Factory(dict)
 
 
@@ -84,7 +86,7 @@ async def run_upload(
     start: int = 0,
     skip_replace: bool = False,
     on_ack: AckHook | None = None,
-    budget: RateBudget = NO_BUDGET,
+    budget: RateBudget | None = None,
 ) -> UploadReport:
     """Stream ``source`` into the audience; return the report or raise with the partial one.
 
@@ -117,10 +119,14 @@ async def run_upload(
             retries=tally.retries,
             elapsed=time.monotonic() - started,
             atomic=tally.requests <= 1,
+            throttled=tally.throttled,
+            rate=None if budget is None else budget.rate,
         )
 
-    def on_retry(_exc: BatchAudienceError, _delay: float) -> None:
+    def on_retry(exc: BatchAudienceError, _delay: float) -> None:
         tally.retries += 1
+        if isinstance(exc, RateLimitError):
+            tally.throttled += 1
 
     def acknowledge(sent: Sent) -> None:
         tally.records += sent.count
@@ -141,6 +147,8 @@ async def run_upload(
                     requests=tally.requests,
                     retries=tally.retries,
                     elapsed=time.monotonic() - started,
+                    throttled=tally.throttled,
+                    rate=None if budget is None else budget.rate,
                 )
             )
 
@@ -181,6 +189,7 @@ async def run_upload(
         await sender.settle()
         # The error itself is among them when a chunk's own request raised it.
         failed = [sent for sent in sender.take_failures() if sent.error is not exc]
+        tally.throttled += sum(isinstance(f.error, RateLimitError) for f in failed)
         exc.acknowledged = sender.acknowledged
         exc.report = report()
         if failed:
@@ -189,6 +198,8 @@ async def run_upload(
     except BatchAudienceError as exc:
         await sender.abort()
         failed = sender.take_failures()
+        # A 429 that ended the upload was a throttled write too, though never retried.
+        tally.throttled += sum(isinstance(f.error, RateLimitError) for f in failed)
         exc.report = report()
         for other in failed:
             if other.error is not exc:

@@ -46,7 +46,7 @@ import attrs
 import orjson
 
 from ._chunker import Chunk
-from ._exceptions import BatchAudienceError, ClientClosedError, ValidationError
+from ._exceptions import BatchAudienceError, ClientClosedError, RateLimitError, ValidationError
 from ._intake import Intake
 from ._models import AttributeValue, Record
 from ._sender import Sender
@@ -54,6 +54,7 @@ from ._validate import MAX_ENTRIES, check_audience_name
 
 if TYPE_CHECKING:
     from ._endpoints import Endpoints
+    from ._ratebudget import RateBudget
     from ._session import Session
 
 __all__ = [
@@ -183,6 +184,7 @@ class FlushResult:
     tokens: tuple[str, ...] = ()  # their indexing tokens, oldest first (at most the last 1,000)
     retries: int = 0  # request retries along the way
     failed: int = 0  # entries that failed for good and were handed to on_error
+    throttled: int = 0  # requests answered 429 along the way (retried, or part of failed)
 
 
 @attrs.frozen(slots=True, kw_only=True)
@@ -285,6 +287,7 @@ class WriterHost(Protocol):
 
     _session: Session
     _endpoints: Endpoints
+    _budget: RateBudget
 
     def _open(self) -> object: ...
 
@@ -389,6 +392,7 @@ class AudienceWriter:
                 self._name, orjson.Fragment(chunk.body), self._audience_type
             ),
             concurrency=1,
+            budget=client._budget,
             on_retry=self._count_retry,
             audience=name,
         )
@@ -431,6 +435,7 @@ class AudienceWriter:
         self._requests = 0
         self._retries = 0
         self._handed = 0
+        self._throttled = 0
         self._tokens: deque[str] = deque(maxlen=_MAX_TOKENS)
 
     # -- public surface ----------------------------------------------------------------------
@@ -613,8 +618,9 @@ class AudienceWriter:
             tokens=tuple(self._tokens),
             retries=self._retries,
             failed=self._handed,
+            throttled=self._throttled,
         )
-        self._acked = self._requests = self._retries = self._handed = 0
+        self._acked = self._requests = self._retries = self._handed = self._throttled = 0
         self._tokens.clear()
         return result
 
@@ -778,7 +784,9 @@ class AudienceWriter:
         chunk = Chunk(self._done, batch.start, batch.count, bytes(batch.json), frozenset())
         try:
             response = await self._writes.send(chunk)
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, RateLimitError):
+                self._throttled += 1
             # The writer keeps its own books of failed entries (``_failure``): the sender's
             # copy is dropped, so the next batch goes on.
             self._writes.take_failures()
@@ -790,8 +798,10 @@ class AudienceWriter:
         if isinstance(token, str) and token:
             self._tokens.append(token)
 
-    def _count_retry(self, _error: BatchAudienceError, _delay: float) -> None:
+    def _count_retry(self, error: BatchAudienceError, _delay: float) -> None:
         self._retries += 1
+        if isinstance(error, RateLimitError):
+            self._throttled += 1
 
     def _failure(self, batches: Sequence[_Batch]) -> tuple[WriterEntry, ...]:
         """The failed batches' entries, their IDs watched in the ledger from now on.

@@ -183,7 +183,7 @@ class Fault:
 
 def _check_rate(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
-        raise ValueError(f"rate must be a finite number of requests per second > 0, got {value!r}")
+        raise ValueError(f"rate must be a finite number of tokens per second > 0, got {value!r}")
 
 
 def _check_burst(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -191,12 +191,27 @@ def _check_burst(instance: object, attribute: attrs.Attribute[Any], value: objec
         raise ValueError(f"burst must be an int >= 1, got {value!r}")
 
 
+def _check_per(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in ("request", "id"):
+        raise ValueError(f"per must be 'request' or 'id', got {value!r}")
+
+
 @attrs.frozen
 class RateLimit:
-    """A token bucket per (REST key, project or app key): ``rate`` requests/s, ``burst`` at once."""
+    """A token bucket per (REST key, project or app key): ``rate`` tokens/s, ``burst`` at once.
 
-    rate: float = attrs.field(validator=_check_rate)  # requests per second
-    burst: int = attrs.field(default=1, validator=_check_burst)  # requests
+    ``per="request"`` charges one token per request; ``per="id"`` charges a write one token per
+    ID it carries (at least one), as Batch meters mass updates, and any other request one. A
+    request costing more than ``burst`` goes when the bucket is full and leaves it in debt, so
+    a 10,000-ID write is never refused for good. A refused request gets 429
+    ``TOO_MANY_REQUESTS`` with ``Retry-After`` in whole seconds, or none with
+    ``retry_after=False`` (Batch documents none).
+    """
+
+    rate: float = attrs.field(validator=_check_rate)  # tokens per second
+    burst: int = attrs.field(default=1, validator=_check_burst)  # tokens
+    per: str = attrs.field(default="request", validator=_check_per)  # "request" or "id"
+    retry_after: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
 
 
 def _check_rate_of_faults(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -1036,7 +1051,7 @@ class FakeBatchServer:
         return not self._closing
 
     def _process(self, request: web.Request, body: Any, body_error: FakeApiError | None) -> _Answer:
-        limited = self._rate_limited(request)
+        limited = self._rate_limited(request, _count_entries(body) if body is not None else 0)
         if limited is not None:
             return limited
         try:
@@ -1045,7 +1060,7 @@ class FakeBatchServer:
             return _Answer(exc.status, orjson.dumps(exc.payload()))
         return _Answer(status, orjson.dumps(payload))
 
-    def _rate_limited(self, request: web.Request) -> _Answer | None:
+    def _rate_limited(self, request: web.Request, entries: int = 0) -> _Answer | None:
         limit = self._rate_limit
         if limit is None:
             return None
@@ -1055,21 +1070,29 @@ class FakeBatchServer:
             key = (headers.get("X-Authorization", ""), parts[2])
         else:
             key = (headers.get("Authorization", ""), headers.get("X-Batch-Project", ""))
+        cost = 1.0
+        if limit.per == "id" and request.method in _BODY_METHODS:
+            cost = float(max(1, entries))
+        # A request dearer than the whole bucket waits for a full one, then borrows the rest.
+        needed = min(cost, float(limit.burst))
         now = time.monotonic()
         bucket = self._buckets.get(key)
         if bucket is None:
             tokens = float(limit.burst)
         else:
             tokens = min(float(limit.burst), bucket[0] + (now - bucket[1]) * limit.rate)
-        if tokens >= 1.0:
-            self._buckets[key] = (tokens - 1.0, now)
+        if tokens >= needed:
+            self._buckets[key] = (tokens - cost, now)
             return None
         self._buckets[key] = (tokens, now)
-        wait = max(1, math.ceil((1.0 - tokens) / limit.rate))
+        unit = "IDs" if limit.per == "id" else "requests"
         payload = {
             "error_code": "TOO_MANY_REQUESTS",
-            "error_message": f"rate limit of {limit.rate:g} requests/s exceeded; retry later",
+            "error_message": f"rate limit of {limit.rate:g} {unit}/s exceeded; retry later",
         }
+        if not limit.retry_after:
+            return _Answer(429, orjson.dumps(payload), _JSON, None)
+        wait = max(1, math.ceil((needed - tokens) / limit.rate))
         return _Answer(429, orjson.dumps(payload), _JSON, str(wait))
 
     def _dispatch(

@@ -39,3 +39,12 @@ async def usage() -> None:
             _name: str = audience.name
     async with ba.CustomAudienceClient("app", "rest", version="1.1") as v1:
         await v1.replace("vip", [ba.Record("i", tags=["vip"])])
+    async with ba.AudienceClient("rest", "project_x", max_ids_per_second=2_000) as paced:
+        throttled = await paced.add("winback", ["w"], progress=lambda p: print(p.throttled, p.rate))
+        _429s: int = throttled.throttled
+        _rate: float | None = throttled.rate
+    capped = ba.CustomAudienceClient("app", "rest", max_ids_per_second=500.0)
+    async with capped, capped.writer("vip") as writer:
+        await writer.add("i")
+        flushed: ba.FlushResult = await writer.flush()
+        _refused: int = flushed.throttled

@@ -10,6 +10,7 @@ import pytest
 import batch_audience as ba
 from batch_audience._chunker import Chunk
 from batch_audience._endpoints import ApiRoute
+from batch_audience._ratebudget import RateBudget
 from batch_audience._sender import Sender, Sent
 from batch_audience._session import Response
 
@@ -17,9 +18,13 @@ from batch_audience._session import Response
 class Call:
     """One request the fake session holds until the test answers it."""
 
-    def __init__(self, route: ApiRoute, on_retry: object) -> None:
+    def __init__(
+        self, route: ApiRoute, on_retry: object, budget: object = None, cost: int = 1
+    ) -> None:
         self.route = route
         self.on_retry = on_retry
+        self.budget = budget
+        self.cost = cost
         self.future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
 
     def ok(self, token: str = "t") -> None:
@@ -37,8 +42,10 @@ class ScriptedSession:
     def __init__(self) -> None:
         self.calls: list[Call] = []
 
-    async def send(self, route: ApiRoute, *, on_retry: object = None) -> Response:
-        call = Call(route, on_retry)
+    async def send(
+        self, route: ApiRoute, *, on_retry: object = None, budget: object = None, cost: int = 1
+    ) -> Response:
+        call = Call(route, on_retry, budget, cost)
         self.calls.append(call)
         return await call.future
 
@@ -46,22 +53,6 @@ class ScriptedSession:
         """The call for chunk ``index`` (routes are named after their chunk)."""
         (found,) = [c for c in self.calls if c.route.path == f"/chunk/{index}"]
         return found
-
-
-class RecordingBudget:
-    """A rate budget that lets everything through and records what it was told."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, object]] = []
-
-    async def acquire(self, cost: int) -> None:
-        self.events.append(("acquire", cost))
-
-    def throttled(self, retry_after: float | None) -> None:
-        self.events.append(("throttled", retry_after))
-
-    def succeeded(self, cost: int) -> None:
-        self.events.append(("succeeded", cost))
 
 
 def route(chunk: Chunk) -> ApiRoute:
@@ -181,14 +172,11 @@ async def test_concurrency_bounds_the_chunks_in_flight() -> None:
     assert sender.acknowledged == 30
 
 
-async def test_429_halves_the_limit_and_tells_the_budget() -> None:
-    """A retried 429 halves the chunks in flight and reaches budget.throttled with its wait."""
+async def test_429_halves_the_limit() -> None:
+    """A retried 429 halves the chunks in flight and reaches the caller's retry hook."""
     session = ScriptedSession()
-    budget = RecordingBudget()
     retries: list[float] = []
-    sender = make(
-        session, concurrency=4, budget=budget, on_retry=lambda _e, delay: retries.append(delay)
-    )
+    sender = make(session, concurrency=4, on_retry=lambda _e, delay: retries.append(delay))
     await sender.put(chunk(0, ["a"], size=7))
     await turns()
     hook = session.call(0).on_retry
@@ -198,25 +186,17 @@ async def test_429_halves_the_limit_and_tells_the_budget() -> None:
     assert retries == [2.0]
     session.call(0).ok()
     await sender.join()
-    assert budget.events == [("acquire", 7), ("throttled", 2.0), ("succeeded", 7)]
 
 
-async def test_the_budget_is_asked_before_each_write_in_stream_order() -> None:
-    """acquire(cost) runs before the session sees the chunk, in order, once per chunk."""
+async def test_the_budget_and_each_chunks_cost_go_to_the_session() -> None:
+    """The session gets the client's budget and each chunk's entry count, in stream order."""
     session = ScriptedSession()
-    seen: list[tuple[str, object]] = []
-
-    class Budget(RecordingBudget):
-        async def acquire(self, cost: int) -> None:
-            seen.append(("acquire", cost))
-            seen.append(("requests so far", len(session.calls)))
-
-    sender = make(session, budget=Budget())
+    budget = RateBudget()
+    sender = make(session, budget=budget)
     await sender.put(Chunk(0, 0, 3, b"[]", frozenset({"a"})))
-    await turns()
     await sender.put(Chunk(1, 3, 5, b"[]", frozenset({"b"})))
     await turns()
-    assert seen == [("acquire", 3), ("requests so far", 0), ("acquire", 5), ("requests so far", 1)]
+    assert [(c.budget, c.cost) for c in session.calls] == [(budget, 3), (budget, 5)]
     session.call(0).ok()
     session.call(1).ok()
     await sender.join()

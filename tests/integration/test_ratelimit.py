@@ -1,0 +1,250 @@
+"""Uploads and writers against the fake's IDs-per-second limiter: slowed down, never failed.
+
+Each scenario of the rate-limit issue, scaled down to seconds: the upload completes, every
+ID ends with its last value (per-ID order across requests), the audience holds exactly the
+IDs sent, and the time stays within a generous multiple of what the limit allows
+((IDs - burst) / rate; generous because the machine is shared). Real sleeps throughout: the
+budget paces in real time against the fake's real clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+import batch_audience as ba
+from batch_audience.testing import FakeBatchServer, RateLimit
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakeBatchServer]:
+    """A started fake server (its own thread and loop)."""
+    async with FakeBatchServer() as fake:
+        yield fake
+
+
+def client_of(server: FakeBatchServer, **kwargs: object) -> ba.AudienceClient:
+    """A 2.x client with real sleeps."""
+    return ba.AudienceClient(
+        server.rest_key,
+        server.project_key,
+        base_url=server.url,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def twice(n: int, prefix: str = "u") -> Iterator[ba.Record]:
+    """``n`` records over ``n // 2`` IDs: each ID twice, the second time with a larger ``v``."""
+    half = n // 2
+    for position in range(n):
+        yield ba.Record(f"{prefix}{position % half}", attributes={"v": position})
+
+
+def check_last_values(server: FakeBatchServer, n: int, prefix: str = "u") -> None:
+    """Exactly the ``n // 2`` IDs of ``twice``, each with the value of its second record."""
+    half = n // 2
+    members = server.members("a")
+    mine = {uid: m for uid, m in members.items() if uid.startswith(prefix)}
+    assert set(mine) == {f"{prefix}{i}" for i in range(half)}
+    wrong = [uid for i in range(half) if mine[uid := f"{prefix}{i}"].attributes != {"v": i + half}]
+    assert not wrong, f"{len(wrong)} IDs kept an older value, e.g. {wrong[:3]}"
+
+
+def writes_throttled(server: FakeBatchServer) -> int:
+    """Write requests the fake answered 429."""
+    return sum(r.status == 429 for r in server.requests if r.method == "POST")
+
+
+@pytest.mark.parametrize(
+    ("limit", "n", "chunk_size"),
+    [
+        pytest.param(
+            RateLimit(rate=2_000, burst=2_000, per="id", retry_after=False),
+            8_000,
+            1_000,
+            id="2k-no-retry-after",
+        ),
+        pytest.param(
+            RateLimit(rate=20_000, burst=10_000, per="id"),
+            60_000,
+            5_000,
+            id="20k-retry-after",
+        ),
+        pytest.param(
+            RateLimit(rate=20_000, burst=10_000, per="id", retry_after=False),
+            60_000,
+            5_000,
+            id="20k-no-retry-after",
+        ),
+    ],
+)
+async def test_a_rate_limited_upload_completes_in_order(
+    server: FakeBatchServer, limit: RateLimit, n: int, chunk_size: int
+) -> None:
+    """Under an IDs/s limit the upload slows down, completes, and keeps per-ID order."""
+    async with client_of(server) as client:
+        await client.create("a")
+        server.rate_limit = limit
+        started = time.monotonic()
+        report = await client.add("a", twice(n), chunk_size=chunk_size)
+        elapsed = time.monotonic() - started
+    server.rate_limit = None
+    check_last_values(server, n)
+    assert report.records == n
+    throttled = writes_throttled(server)
+    assert throttled > 0, "the limit never bit: the scenario tests nothing"
+    assert report.throttled == throttled
+    assert report.rate is not None and report.rate > 0
+    allowed = (n - limit.burst) / limit.rate
+    assert elapsed <= 3 * allowed + 3, (elapsed, allowed, throttled)
+
+
+async def test_uploads_and_a_writer_share_one_budget(server: FakeBatchServer) -> None:
+    """Two uploads and a writer of one client all complete under one 20,000 IDs/s limit."""
+    limit = RateLimit(rate=20_000, burst=10_000, per="id")
+    async with client_of(server) as client:
+        await client.create("a")
+        server.rate_limit = limit
+        written: list[ba.FlushResult] = []
+
+        async def write() -> None:
+            async with client.writer("a", max_records=2_500, max_delay=0.2) as writer:
+                for record in twice(10_000, "w"):
+                    assert record.attributes is not None
+                    await writer.add(record.id, attributes=record.attributes)
+                written.append(await writer.flush())
+
+        started = time.monotonic()
+        first, second, _ = await asyncio.gather(
+            client.add("a", twice(20_000, "x"), chunk_size=5_000),
+            client.add("a", twice(20_000, "y"), chunk_size=5_000),
+            write(),
+        )
+        elapsed = time.monotonic() - started
+        budget = client._budget
+    server.rate_limit = None
+    for prefix, n in (("x", 20_000), ("y", 20_000), ("w", 10_000)):
+        check_last_values(server, n, prefix)
+    assert len(server.members("a")) == 25_000
+    throttled = writes_throttled(server)
+    assert throttled > 0
+    # One budget heard every 429, whichever writer met it.
+    assert budget.throttled_writes == throttled
+    assert first.throttled + second.throttled + sum(r.throttled for r in written) == throttled
+    allowed = (50_000 - limit.burst) / limit.rate
+    assert elapsed <= 3 * allowed + 3, (elapsed, allowed, throttled)
+
+
+async def test_429s_do_not_use_up_attempts_while_writes_are_accepted(
+    server: FakeBatchServer,
+) -> None:
+    """With max_attempts=1 a throttled upload still completes: other writes got through."""
+    async with client_of(server, retry=ba.RetryPolicy(max_attempts=1)) as client:
+        await client.create("a")
+        server.rate_limit = RateLimit(rate=4_000, burst=1_000, per="id", retry_after=False)
+        report = await client.add("a", twice(8_000), chunk_size=1_000, concurrency=4)
+    server.rate_limit = None
+    check_last_values(server, 8_000)
+    assert report.throttled == writes_throttled(server) > 0
+
+
+async def test_below_the_servers_rate_the_server_never_says_429(server: FakeBatchServer) -> None:
+    """max_ids_per_second under the server's real rate paces writes so that none is refused."""
+    async with client_of(server, max_ids_per_second=2_000) as client:
+        await client.create("a")
+        server.rate_limit = RateLimit(rate=4_000, burst=1_000, per="id", retry_after=False)
+        started = time.monotonic()
+        report = await client.add("a", twice(6_000), chunk_size=1_000)
+        elapsed = time.monotonic() - started
+    server.rate_limit = None
+    check_last_values(server, 6_000)
+    assert writes_throttled(server) == 0
+    assert (report.throttled, report.rate) == (0, 2_000)
+    # Six 1,000-ID writes at 2,000 IDs/s: the last goes 2.5 s after the first.
+    assert elapsed >= 2.4
+
+
+async def test_a_server_that_accepts_nothing_ends_the_call_with_a_note(
+    server: FakeBatchServer,
+) -> None:
+    """Nothing accepted: RateLimitError at the attempt limit, saying what was waited and paced."""
+    async with client_of(server, retry=ba.RetryPolicy(max_attempts=3, deadline=20)) as client:
+        await client.create("a")
+        # Every write refused, without Retry-After, and none of this client's ever accepted.
+        server.fail_next(status=429, path="/audiences/update", times=10)
+        with pytest.raises(ba.RateLimitError) as caught:
+            await client.add("a", [f"u{i}" for i in range(10)])
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "gave up after 3 attempts" in notes
+    assert "the rate budget:" in notes and "IDs/s" in notes and "waited" in notes
+    assert caught.value.report is not None and caught.value.report.throttled == 3
+    assert server.members("a") == {}
+
+
+async def test_the_deadline_bounds_a_call_that_keeps_being_throttled(
+    server: FakeBatchServer,
+) -> None:
+    """While other writes land the 429s are free, but the call's deadline still ends a write."""
+    policy = ba.RetryPolicy(max_attempts=50, deadline=1.5)
+    async with client_of(server, retry=policy) as client:
+        await client.create("a")
+        # A 500-ID write once, then nothing for 500 s: the second write waits in vain.
+        server.rate_limit = RateLimit(rate=1, burst=500, per="id", retry_after=False)
+        await client.add("a", [f"u{i}" for i in range(500)])
+        started = time.monotonic()
+        with pytest.raises(ba.BatchAudienceError) as caught:
+            await client.add("a", [f"v{i}" for i in range(500)])
+        elapsed = time.monotonic() - started
+    server.rate_limit = None
+    assert elapsed < 10
+    assert isinstance(caught.value, ba.RateLimitError | ba.RequestTimeout)
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "deadline" in notes or "deadline" in str(caught.value)
+    assert set(server.members("a")) == {f"u{i}" for i in range(500)}
+
+
+async def test_an_unlimited_server_is_never_paced(server: FakeBatchServer) -> None:
+    """No 429 ever: the budget stays unpaced and the report says so."""
+    progress: list[ba.Progress] = []
+    async with client_of(server) as client:
+        await client.create("a")
+        report = await client.add("a", twice(40_000), progress=progress.append)
+        assert client._budget.rate is None
+    check_last_values(server, 40_000)
+    assert (report.throttled, report.rate) == (0, None)
+    assert all(p.throttled == 0 and p.rate is None for p in progress)
+
+
+async def test_progress_reports_throttled_writes_and_the_rate(server: FakeBatchServer) -> None:
+    """Progress updates carry the 429s met so far and the budget's rate."""
+    progress: list[ba.Progress] = []
+    async with client_of(server) as client:
+        await client.create("a")
+        server.rate_limit = RateLimit(rate=20_000, burst=5_000, per="id", retry_after=False)
+        await client.add("a", twice(30_000), chunk_size=5_000, progress=progress.append)
+    server.rate_limit = None
+    check_last_values(server, 30_000)
+    assert progress[-1].throttled == writes_throttled(server) > 0
+    assert progress[-1].rate is not None
+    assert [p.throttled for p in progress] == sorted(p.throttled for p in progress)
+
+
+async def test_a_large_step_of_the_budget_is_logged(
+    server: FakeBatchServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first cut (from unpaced to a rate) makes one INFO line with the new rate."""
+    caplog.set_level(logging.INFO, logger="batch_audience")
+    async with client_of(server) as client:
+        await client.create("a")
+        server.rate_limit = RateLimit(rate=20_000, burst=5_000, per="id", retry_after=False)
+        await client.add("a", twice(20_000), chunk_size=5_000)
+    server.rate_limit = None
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "batch_audience.rate_budget"]
+    assert lines, "no INFO line for the budget's first cut"
+    assert "unpaced ->" in lines[0].getMessage()
+    assert all(r.levelno == logging.INFO for r in lines)
+    assert len(lines) <= writes_throttled(server)
