@@ -14,7 +14,9 @@ concurrency, per-ID order, in-order acknowledgements and the client's rate budge
 ``_upload`` runs ``add``/``remove``/``replace`` on that pipeline (the replace-first rule,
 reports, progress); ``_writer`` is the buffered writer for event consumers (size/age flushes,
 backpressure, drain) on the same intake and sender; ``_poller`` waits for indexing tokens;
-``_checkpoint`` makes uploads resumable; ``_sources`` reads CSV and NDJSON files. Data
+``_checkpoint`` makes uploads resumable; ``_sync`` mirrors a source onto an audience by
+sending only the difference from the last sync, whose snapshot ``_syncstate`` keeps in a
+DuckDB file; ``_sources`` reads CSV and NDJSON files. Data
 classes are in ``_models``, policies in ``_config``, the error tree in ``_exceptions``, key
 masking in ``_redact``, optional OpenTelemetry spans in ``_tracing``, the command line in
 ``_cli``. ``batch_audience.testing`` is the fake Batch server for your own tests.
@@ -52,10 +54,12 @@ from ._models import (
     Progress,
     ProgressCallback,
     Record,
+    SyncReport,
     UploadReport,
     Url,
 )
 from ._sources import SourceError, open_records
+from ._syncstate import SyncDriftError, SyncStateError
 from ._writer import (
     AudienceWriter,
     DrainTimeout,
@@ -95,6 +99,9 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "SourceError",
+    "SyncDriftError",
+    "SyncReport",
+    "SyncStateError",
     "Timeouts",
     "TransportError",
     "UnsupportedOperation",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import random
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -31,7 +32,15 @@ from ._exceptions import (
     UnsupportedOperation,
     ValidationError,
 )
-from ._models import AudienceInfo, IndexingState, ProgressCallback, Records, UploadReport, converter
+from ._models import (
+    AudienceInfo,
+    IndexingState,
+    ProgressCallback,
+    Records,
+    SyncReport,
+    UploadReport,
+    converter,
+)
 from ._poller import wait_applied
 from ._ratebudget import RateBudget, SkippedTime
 from ._redact import mask, redact_url
@@ -406,6 +415,61 @@ class _BaseClient:
 
     async def _upload_type(self, name: str, audience_type: str | None) -> str | None:
         return audience_type
+
+    # -- mirror sync (batch_audience/_sync.py) ---------------------------------------------
+
+    async def sync(
+        self,
+        name: str,
+        source: Records,
+        *,
+        state: str | os.PathLike[str],
+        dry_run: bool = False,
+        full: bool = False,
+        wait: bool = False,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        chunk_size: int = MAX_ENTRIES,
+        progress: ProgressCallback | None = None,
+    ) -> SyncReport:
+        """Make the audience hold exactly ``source``, sending only the changes since the last sync.
+
+        Args:
+            source: what the uploads take (records, ``open_records(path)``); read to the end
+                and validated before anything is sent.
+            state: the sync's state file (DuckDB), one per audience; created if missing.
+            dry_run: compute the plan (counts, ``examples``), send nothing, change nothing.
+            full: replace the members with the whole source (as a first sync does).
+            wait: also wait until every token is indexed; states go in the report.
+            progress: called with a Progress per phase: ``read`` (records read), then the
+                uploads' own (``remove``, ``add`` or ``replace``, with the planned total).
+
+        Raises:
+            SyncStateError: the state belongs to another audience or project, is damaged,
+                or another sync of it is running.
+            SyncDriftError: the audience's size no longer matches the last sync: it was
+                changed elsewhere; ``full=True`` replaces its members.
+            ValidationError: a record broke a rule; nothing was sent.
+            ApiError, TransportError: a request failed; the state keeps the last finished
+                sync and running the same sync again converges.
+            ImportError: DuckDB or pyarrow is missing (``pip install 'batch-audience[data]'``).
+        """
+        from ._sync import run_sync
+
+        self._open()
+        return await run_sync(
+            self,
+            name,
+            source,
+            state=state,
+            dry_run=dry_run,
+            full=full,
+            wait=wait,
+            concurrency=concurrency,
+            chunk_size=chunk_size,
+            progress=progress,
+        )
+
+    # -- end of mirror sync ----------------------------------------------------------------
 
     # -- indexing --------------------------------------------------------------------------
 

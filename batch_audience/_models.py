@@ -17,6 +17,7 @@ __all__ = [
     "Progress",
     "ProgressCallback",
     "Record",
+    "SyncReport",
     "UploadReport",
     "Url",
 ]
@@ -96,6 +97,38 @@ class UploadReport:
     def records_per_second(self) -> float:
         """Acknowledged records per second of elapsed time."""
         return self.records / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@attrs.frozen(kw_only=True)
+class SyncReport:
+    """What a mirror sync did (or, with ``dry_run``, would do): the diff, requests, tokens."""
+
+    audience: str
+    records: int  # distinct IDs in the source
+    added: int  # IDs new since the last sync
+    changed: int  # IDs whose attributes or tags changed
+    removed: int  # IDs gone from the source (or left unknown by an unfinished sync)
+    unchanged: int  # IDs sent nothing
+    duplicates: int = 0  # records whose ID came again later in the source (the last won)
+    # A replace of the whole source was sent: a first sync, full=True, or after an
+    # interrupted full sync. Beyond one request it is not atomic (``atomic``).
+    full: bool = False
+    resumed: bool = False  # the previous sync of this state had not finished
+    requests: int = 0  # sent; for a dry run, the requests the plan would take
+    tokens: tuple[str, ...] = ()
+    retries: int = 0
+    elapsed: float = 0.0  # seconds
+    atomic: bool = True  # the whole sync was (or would be) one request
+    dry_run: bool = False
+    # A few IDs of each kind ("added", "changed", "removed"), for dry runs.
+    examples: Mapping[str, tuple[str, ...]] = attrs.field(factory=dict)
+    # Final indexing state of each token, filled when the sync waited for indexing.
+    states: Mapping[str, IndexingState | str] | None = None
+
+    @property
+    def sent(self) -> int:
+        """IDs sent (or to send): the whole source for a full sync, else the changes."""
+        return self.records if self.full else self.added + self.changed + self.removed
 
 
 @attrs.frozen(kw_only=True)
