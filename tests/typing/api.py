@@ -35,6 +35,10 @@ async def usage() -> None:
         _done: bool = all(
             s in (ba.IndexingState.APPLIED, ba.IndexingState.REPLACED) for s in states.values()
         )
+        synced: ba.SyncReport = await client.sync(
+            "winback", ["u", "v"], state="winback.state", dry_run=True
+        )
+        _changes: int = synced.added + synced.changed + synced.removed
         async for audience in client.list(page_size=50):
             _name: str = audience.name
     async with ba.CustomAudienceClient("app", "rest", version="1.1") as v1:
