@@ -4,6 +4,10 @@ Every exception the library raises on purpose derives from ``BatchAudienceError`
 
     BatchAudienceError
     ├── ValidationError(…, ValueError)      .position .record_id .rule; raised before sending
+    │   ├── SourceError                     a file's line or row (_sources)
+    │   ├── CheckpointError                 a checkpoint refused or unwritable (_checkpoint)
+    │   └── SyncStateError                  a sync state refused or locked (_syncstate)
+    │       └── SyncDriftError              the audience changed since the last sync
     ├── UnsupportedOperation                the API version lacks the operation
     ├── TransportError                      no usable response (.retriable = True, .request_sent)
     │   ├── ConnectError                    connecting, or the connection dropped
@@ -17,6 +21,8 @@ Every exception the library raises on purpose derives from ``BatchAudienceError`
     │   ├── ServerError 5xx (500, 502, 504, …; only those three are retriable)
     │   └── MaintenanceError 503
     ├── IndexingTimeout(…, TimeoutError)    .states: the last known state of each token
+    ├── WriterError                         .entries a writer could not deliver (_writer)
+    ├── DrainTimeout(…, TimeoutError)       a writer's drain ran out of time (_writer)
     └── ClientClosedError(…, RuntimeError)  the client or writer was used after aclose()
 
 An error that ends an upload part-way carries ``.report``: the partial UploadReport (records
