@@ -38,7 +38,7 @@ import queue
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, cast
 
 import attrs
@@ -1045,20 +1045,29 @@ def aiter_columnar(
 
 async def _pump(stream: _Stream, encoder: _Encoder) -> AsyncIterator[Chunk]:
     # Two worker threads per upload, each owning its DuckDB connection: one reads and checks
-    # steps, one encodes them, so the two halves of the work overlap. Each worker runs its
-    # tasks one at a time, in order, and closes what it owns after its last task.
+    # steps, one encodes them, so the two halves of the work overlap. Each step is encoded as
+    # soon as it is read, not when the loop asks for it: the loop then only takes finished
+    # chunks and never waits on an encode while requests could be in flight. Each worker runs
+    # its tasks one at a time, in order, and closes what it owns after its last task.
     reading = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-audience-columnar")
     encoding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-audience-encode")
+
+    def prepare(read: Future[_Step]) -> tuple[_Step, list[bytes]]:
+        step = read.result()  # the reading worker's error, if any, is raised here
+        return step, (encoder.bodies(step.job) if step.job is not None else [])
+
+    def submit() -> tuple[Future[_Step], Future[tuple[_Step, list[bytes]]]]:
+        read = reading.submit(stream.next_step)
+        return read, encoding.submit(prepare, read)
+
     # Steps queued ahead: the workers keep reading and encoding while the loop sends.
-    steps = collections.deque([reading.submit(stream.next_step) for _ in range(_AHEAD)])
+    steps = collections.deque([submit() for _ in range(_AHEAD)])
     try:
         while True:
-            step = await asyncio.wrap_future(steps.popleft())
+            step, bodies = await asyncio.wrap_future(steps[0][1])
+            steps.popleft()
             if step.error is None and step.places:
-                steps.append(reading.submit(stream.next_step))
-            bodies: list[bytes] = []
-            if step.job is not None:
-                bodies = await asyncio.wrap_future(encoding.submit(encoder.bodies, step.job))
+                steps.append(submit())
             for chunk in _chunks(step, bodies):
                 yield chunk
             if step.error is not None:
@@ -1066,8 +1075,11 @@ async def _pump(stream: _Stream, encoder: _Encoder) -> AsyncIterator[Chunk]:
             if not step.places:
                 return
     finally:
-        for pending in steps:
-            pending.cancel()  # only those not started yet: a running step finishes first
+        for read, prepared in steps:
+            # Only those not started yet: a running step finishes first (an encode waiting
+            # on a cancelled read ends at once).
+            prepared.cancel()
+            read.cancel()
         # Queued behind a task still running (a consumer that stopped early), never beside it.
         reading.submit(stream.close)
         encoding.submit(encoder.close)
