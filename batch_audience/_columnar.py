@@ -484,9 +484,17 @@ class _Stream:
     """Reads an Arrow stream chunk by chunk; each call to ``next_chunk`` is one blocking step."""
 
     def __init__(
-        self, source: object, intake: Intake, first: Intake, size: int, start: int
+        self,
+        source: object,
+        intake: Intake,
+        first: Intake,
+        size: int,
+        start: int,
+        *,
+        prefetch: bool = True,
     ) -> None:
         self._pa, self._pc, self._duckdb = _modules()
+        self._prefetch = prefetch
         self._source: object = source
         self._encoders = (
             EntryEncoder(first.generation, first.operation),
@@ -530,8 +538,9 @@ class _Stream:
         self._reader = reader
         self._plan = _plan(pa, reader.schema, self._encoders)
         self._con = self._duckdb.connect(":memory:", config={"threads": 1})
-        # From here on only the prefetch thread touches the stream.
-        self._reader = _Prefetch(reader)
+        if self._prefetch:
+            # From here on only the prefetch thread touches the stream.
+            self._reader = _Prefetch(reader)
 
     def next_step(self) -> _Step:
         """Read and check the next few chunks; an empty step at the end of the stream.
@@ -1039,7 +1048,10 @@ def aiter_columnar(
         ModuleNotFoundError: at once, if pyarrow or duckdb is missing.
         ValidationError: as ``iter_columnar``.
     """
-    stream = _Stream(source, intake, first or intake, size, start)
+    # No prefetching thread: the reading worker already decodes while the encoding worker
+    # encodes and the loop sends, and batches queued for a third thread cost ~30 MB of peak
+    # RSS at no measured gain in speed (1M rows from Parquet, lab sink).
+    stream = _Stream(source, intake, first or intake, size, start, prefetch=False)
     return _pump(stream, _Encoder(stream._pa, stream._duckdb))
 
 
