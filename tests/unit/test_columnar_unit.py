@@ -675,6 +675,32 @@ async def test_a_consumer_that_stops_early_closes_the_stream() -> None:
         _columnar._Stream.close = original  # type: ignore[method-assign]
 
 
+async def test_steps_are_encoded_before_the_consumer_asks_for_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the loop holds the first chunk, the next steps are read and encoded already."""
+    encoded = threading.Semaphore(0)
+    original = _columnar._Encoder.bodies
+
+    def spy(self: _columnar._Encoder, job: Any) -> list[bytes]:
+        bodies = original(self, job)
+        encoded.release()
+        return bodies
+
+    monkeypatch.setattr(_columnar._Encoder, "bodies", spy)
+    rows = (_columnar._AHEAD + 2) * _columnar._STEP_ROWS
+    table = pa.table({"id": [f"u-{i}" for i in range(rows)]})
+    chunks = aiter_chunks(table, Intake("2", "add"), size=10_000)
+    try:
+        first = await anext(chunks)
+        assert first.start == 0
+        # The first step and the ones queued behind it: encoded with no further request.
+        for _ in range(_columnar._AHEAD):
+            assert await asyncio.to_thread(encoded.acquire, True, 30)
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize("missing", ["duckdb", "pyarrow"])
 def test_without_the_extra_the_error_names_the_install_command(
     monkeypatch: pytest.MonkeyPatch, missing: str
