@@ -244,10 +244,34 @@ async def test_growth_probes_upward_then_lets_go() -> None:
     assert rates.peak_rate is not None and rates.peak_rate > 3 * cut
 
 
+async def test_growth_holds_at_the_aim_before_probing() -> None:
+    """After a cut the rate stays at the aim for ``hold`` seconds of accepted writes.
+
+    A probe past the limit costs a 429 and a pause of a second or more: probing every few
+    seconds would lose more than the margin kept under the refused rate.
+    """
+    clock = Clock()
+    rates = budget(clock, recover=0.5, hold=10.0)
+    sent = await rates.acquire(10_000)
+    clock.now += 1.0
+    rates.succeeded(10_000, sent)
+    rates.throttled(10_000, 1.0, await rates.acquire(10_000))
+    aim = rates.rate
+    assert aim is not None
+    for _ in range(20):  # 10 s of writes accepted every half second
+        clock.now += 0.5
+        rates.succeeded(10_000, clock.now)
+        assert rates.rate == pytest.approx(aim)
+    for _ in range(4):
+        clock.now += 0.5
+        rates.succeeded(10_000, clock.now)
+    assert rates.rate is not None and rates.rate > aim
+
+
 async def test_one_slow_write_is_not_long_evidence() -> None:
     """A single write accepted after a long wait moves the growth curve by at most a second."""
     clock = Clock()
-    rates = budget(clock, recover=1.0, cubic=0.005)
+    rates = budget(clock, recover=1.0, cubic=0.005, hold=0.0)
     sent = await rates.acquire(10_000)
     clock.now += 1.0
     rates.succeeded(10_000, sent)
