@@ -464,10 +464,13 @@ def run_virtual(coro: Coroutine[Any, Any, tuple[float, int, int]]) -> tuple[floa
         # are today's figures with a margin (the simulation is deterministic): a regression
         # guard. The first four writes go out together, unpaced: some meet an empty bucket.
         pytest.param(2_000, 10_000, False, 40_000, 1, 1.3, 0.8, id="2k-no-retry-after"),
-        pytest.param(20_000, 10_000, True, 200_000, 1, 1.35, 0.3, id="20k-retry-after"),
-        pytest.param(20_000, 10_000, False, 200_000, 1, 1.4, 0.3, id="20k-no-retry-after"),
+        # At 20,000 IDs/s one probe past the limit costs more than pacing at the aim gives
+        # up over the whole upload: held at the aim, the budget finds the rate once.
+        pytest.param(20_000, 10_000, True, 200_000, 1, 1.2, 0.2, id="20k-retry-after"),
+        pytest.param(20_000, 10_000, False, 200_000, 1, 1.27, 0.25, id="20k-no-retry-after"),
         pytest.param(20_000, 20_000, True, 200_000, 1, 1.25, 0.3, id="20k-burst-20k"),
-        pytest.param(20_000, 20_000, True, 100_000, 3, 1.25, 0.4, id="20k-three-uploads"),
+        pytest.param(20_000, 20_000, True, 100_000, 3, 1.15, 0.4, id="20k-three-uploads"),
+        pytest.param(20_000, 10_000, True, 80_000, 2, 1.2, 0.4, id="20k-two-uploads"),
     ],
 )
 def test_uploads_finish_near_the_servers_rate(
