@@ -20,12 +20,15 @@ Learning: AIMD as TCP does it with its window, on a rate, with CUBIC's growth cu
 - One cut per congestion event: 429s of writes sent before the last cut were caused by the
   old rate and do not cut again.
 - A cut at rate ``W`` paces at ``decrease * W`` and aims growth at ``near * W``: CUBIC
-  (RFC 8312) grows fast back towards the aim, flat near it, then faster again, probing upward.
-  The aim sits below ``W`` because ``W`` was refused: plateauing just under it keeps 429s
-  rare. ``W`` is the rate when the 429 came, lowered (by ``guard`` at most) towards what the
-  server accepted since the cut before, since its bucket can absorb an overshoot for a while;
-  and a cut never goes below ``floor`` times the rate the server sustained for ``sustain``
-  seconds since pacing began, so 429s that come at random do not wear the rate down.
+  (RFC 8312) grows fast back towards the aim, holds there for ``hold`` seconds of accepted
+  writes, then grows flat near it and faster again, probing upward. The aim sits below ``W``
+  because ``W`` was refused: plateauing just under it keeps 429s rare, and so does the hold,
+  since a probe that finds the limit costs a 429 (with ``Retry-After``, a pause of a whole
+  second or more) where the aim gives up only ``1 - near`` of the rate. ``W`` is the rate
+  when the 429 came, lowered (by ``guard`` at most) towards what the server accepted since
+  the cut before, since its bucket can absorb an overshoot for a while; and a cut never goes
+  below ``floor`` times the rate the server sustained for ``sustain`` seconds since pacing
+  began, so 429s that come at random do not wear the rate down.
 - The first cut has no rate to start from. The server accepted ``A`` IDs in the ``T`` seconds
   from the first write to the end of the pause; had it taken the refused write too, it would
   have allowed ``(A + cost) / T``, the aim. After a ``Retry-After`` (the server's bucket had
@@ -61,9 +64,13 @@ Sleep = Callable[[float], Awaitable[None]]
 # refused rate here is measured, not a window that overshot for a whole round trip).
 DEFAULT_DECREASE: Final = 0.9
 DEFAULT_NEAR: Final = 0.97  # growth aims at this share of the refused rate
-# Past the aim the rate grows by aim * cubic * t**3 (t: seconds of accepted writes since the
-# aim was reached): 2 % after 2 s, 25 % after 5 s, 4x (a release) after about 11 s.
+# Past the hold the rate grows by aim * cubic * t**3 (t: seconds of accepted writes since the
+# hold ended): 2 % after 2 s, 25 % after 5 s, 4x (a release) after about 11 s.
 DEFAULT_CUBIC: Final = 0.002  # per second cubed
+# Seconds of accepted writes spent at the aim before probing past it. A probe that finds the
+# limit costs a 429: with Retry-After a pause of a whole second or more, where pacing at the
+# aim gives up only 1 - near of the rate, so probing pays only when it is rare.
+DEFAULT_HOLD: Final = 10.0
 DEFAULT_WINDOW: Final = 10.0  # seconds of accepted writes remembered
 DEFAULT_MIN_SPAN: Final = 2.0  # seconds: a shorter span of accepted writes tells a burst
 DEFAULT_RECOVER: Final = 0.5  # seconds from a cut back up to the aim
@@ -109,6 +116,7 @@ class RateBudget:
         decrease: float = DEFAULT_DECREASE,
         near: float = DEFAULT_NEAR,
         cubic: float = DEFAULT_CUBIC,
+        hold: float = DEFAULT_HOLD,
         window: float = DEFAULT_WINDOW,
         min_span: float = DEFAULT_MIN_SPAN,
         step: float = DEFAULT_STEP,
@@ -124,6 +132,7 @@ class RateBudget:
         self._decrease = decrease
         self._near = near
         self._cubic = cubic
+        self._hold = hold
         self._window = window
         self._min_span = min_span
         self._step = step
@@ -199,8 +208,9 @@ class RateBudget:
             # Concave: back from the cut to the aim in ``recover`` seconds, fast at first.
             left = (k - t) / k
             return max(MIN_RATE, aim * (1.0 - self._drop * left * left * left))
-        # Convex: flat just past the aim, then faster and faster, probing upward.
-        t -= k
+        # Held at the aim a while, then convex: flat just past it, then faster and faster,
+        # probing upward.
+        t = max(0.0, t - k - self._hold)
         return max(MIN_RATE, aim * (1.0 + self._cubic * t * t * t))
 
     # -- the three hooks ---------------------------------------------------------------------

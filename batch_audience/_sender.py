@@ -8,9 +8,10 @@ Rules kept here (spec §7, §8):
 - chunks are written in the order they are handed over, at most ``limit`` at once; a chunk is
   never in flight while an earlier chunk that shares an ID with it is (``Chunk.ids``), so an
   add and a later remove of one ID cannot swap;
-- each request is retried by the session (its RetryPolicy); on 429 the number of chunks in
-  flight halves (down to 1), then grows by one after each run of successes, up to the
-  concurrency asked for (AIMD, like TCP);
+- each request is retried by the session (its RetryPolicy); without a rate budget, on 429
+  the number of chunks in flight halves (down to 1), then grows by one after each run of
+  successes, up to the concurrency asked for (AIMD, like TCP). With one, the budget alone
+  slows down after a 429: halving as well would slow the writes twice for one refusal;
 - acknowledgements reach ``on_ack`` in stream order, each chunk once: a chunk answered before
   an earlier one is held until the earlier one is acknowledged. ``acknowledged`` is the
   stream position up to which every record was acknowledged (the contiguous prefix): the
@@ -375,7 +376,8 @@ class Sender:
                     route, on_retry=self._on_retry, budget=self._budget, cost=sent.count
                 )
             except RateLimitError:
-                self._limiter.throttled()
+                if self._budget is None:
+                    self._limiter.throttled()
                 raise
         # Acknowledged: the body is not needed any more, even before the task is reaped.
         sent.chunk = None
@@ -383,7 +385,7 @@ class Sender:
         return response
 
     def _on_retry(self, exc: BatchAudienceError, delay: float) -> None:
-        if isinstance(exc, RateLimitError):
+        if isinstance(exc, RateLimitError) and self._budget is None:
             self._limiter.throttled()
         if self._on_retry_hook is not None:
             self._on_retry_hook(exc, delay)

@@ -173,7 +173,7 @@ async def test_concurrency_bounds_the_chunks_in_flight() -> None:
 
 
 async def test_429_halves_the_limit() -> None:
-    """A retried 429 halves the chunks in flight and reaches the caller's retry hook."""
+    """Without a budget, a retried 429 halves the chunks in flight and reaches the hook."""
     session = ScriptedSession()
     retries: list[float] = []
     sender = make(session, concurrency=4, on_retry=lambda _e, delay: retries.append(delay))
@@ -183,6 +183,24 @@ async def test_429_halves_the_limit() -> None:
     assert callable(hook)
     hook(ba.RateLimitError(429, retry_after=2.0), 2.0)
     assert sender.limit == 2
+    assert retries == [2.0]
+    session.call(0).ok()
+    await sender.join()
+
+
+async def test_with_a_budget_a_429_leaves_the_limit_alone() -> None:
+    """The budget paces after a 429: halving the chunks in flight too would slow it twice."""
+    session = ScriptedSession()
+    retries: list[float] = []
+    sender = make(
+        session, concurrency=4, budget=RateBudget(), on_retry=lambda _e, d: retries.append(d)
+    )
+    await sender.put(chunk(0, ["a"], size=7))
+    await turns()
+    hook = session.call(0).on_retry
+    assert callable(hook)
+    hook(ba.RateLimitError(429, retry_after=2.0), 2.0)
+    assert sender.limit == 4
     assert retries == [2.0]
     session.call(0).ok()
     await sender.join()
