@@ -129,6 +129,10 @@ class ValidationError(BatchAudienceError, ValueError):
         if self.record_id is not None:
             parts.append(f"id {self.record_id!r}")
         where = f"{', '.join(parts)}: " if parts else ""
+        return f"{where}{self.rule}{self._tail()}"
+
+    def _tail(self) -> str:
+        """What follows the rule: the resume point and the chunks that failed in flight."""
         tail = ""
         if self.acknowledged is not None:
             tail = f" ({self.acknowledged} earlier records were acknowledged by the server)"
@@ -138,19 +142,25 @@ class ValidationError(BatchAudienceError, ValueError):
                 f"; {n} chunk{'' if n == 1 else 's'} sent before it failed in flight, "
                 f"the first with {self.errors[0]} (see .errors)"
             )
-        return f"{where}{self.rule}{tail}"
+        return tail
 
     def __reduce__(self) -> Any:
         return (
             _rebuild_validation_error,
-            (self.rule, self.position, self.record_id, self.acknowledged),
+            (self.rule, self.position, self.record_id, self.acknowledged, self.errors),
         )
 
 
 def _rebuild_validation_error(
-    rule: str, position: int | None, record_id: str | None, acknowledged: int | None
+    rule: str,
+    position: int | None,
+    record_id: str | None,
+    acknowledged: int | None,
+    errors: tuple[Exception, ...] = (),
 ) -> ValidationError:
-    return ValidationError(rule, position=position, record_id=record_id, acknowledged=acknowledged)
+    error = ValidationError(rule, position=position, record_id=record_id, acknowledged=acknowledged)
+    error.errors = errors
+    return error
 
 
 class UnsupportedOperation(BatchAudienceError):

@@ -151,6 +151,10 @@ class SourceError(ValidationError):
             acknowledged=error.acknowledged,
         )
         wrapped.report = error.report
+        # Chunks that failed in flight stay as visible as in the validator's error.
+        wrapped.errors = error.errors
+        if error.errors:
+            wrapped.__cause__ = error.errors[0]
         return wrapped
 
     def __str__(self) -> str:
@@ -160,10 +164,7 @@ class SourceError(ValidationError):
         if self.record_id is not None:
             parts.append(f"id {_show(self.record_id)}")
         where = f"{', '.join(parts)}: " if parts else ""
-        tail = ""
-        if self.acknowledged is not None:
-            tail = f" ({self.acknowledged} earlier records were acknowledged by the server)"
-        return f"{self.source}:{self.line}: {where}{self.rule}{tail}"
+        return f"{self.source}:{self.line}: {where}{self.rule}{self._tail()}"
 
     def __reduce__(self) -> Any:
         return (
@@ -175,6 +176,7 @@ class SourceError(ValidationError):
                 self.position,
                 self.record_id,
                 self.acknowledged,
+                self.errors,
             ),
         )
 
@@ -186,8 +188,9 @@ def _rebuild(
     position: int | None,
     record_id: str | None,
     acknowledged: int | None,
+    errors: tuple[Exception, ...] = (),
 ) -> SourceError:
-    return SourceError(
+    error = SourceError(
         rule,
         source=source,
         line=line,
@@ -195,6 +198,8 @@ def _rebuild(
         record_id=record_id,
         acknowledged=acknowledged,
     )
+    error.errors = errors
+    return error
 
 
 # One parsed record and the line it starts on.

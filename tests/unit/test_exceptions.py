@@ -176,3 +176,20 @@ def test_indexing_timeout_counts_pending_tokens() -> None:
     err = ba.IndexingTimeout("too slow", {"a": "APPLIED", "b": "IN_PROGRESS"})
     assert err.states == {"a": "APPLIED", "b": "IN_PROGRESS"}
     assert "1 of 2 tokens not applied" in str(err)
+
+
+def test_chunks_failed_in_flight_survive_file_location_and_pickling() -> None:
+    """A ValidationError's API errors stay in str(), .errors and __cause__: wrapped, pickled."""
+    failed = ba.ApiError.from_response(400, b'{"error_code": "MALFORMED_PARAMETER"}')
+    err = ba.ValidationError("tag 'X' breaks the tag rule", position=7, record_id="u-7")
+    err.acknowledged = 0
+    err.errors = (failed,)
+    located = ba.SourceError.wrap(err, source="users.csv", line=9)
+    assert located.errors == (failed,) and located.__cause__ is failed
+    assert str(located).startswith("users.csv:9: record 8, id 'u-7': tag 'X'")
+    assert "1 chunk sent before it failed in flight" in str(located)
+    assert "MALFORMED_PARAMETER" in str(located)
+    for error in (err, located):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and str(copy) == str(error)
+        assert [type(e) for e in copy.errors] == [ba.BadRequestError]
