@@ -40,6 +40,7 @@ from ._models import (
     SyncReport,
     UploadReport,
     converter,
+    token_of,
 )
 from ._poller import wait_applied
 from ._ratebudget import RateBudget, SkippedTime
@@ -232,7 +233,7 @@ class _BaseClient:
                 raise
             await self._confirm_created(name, exc, display_name or description)
             return None
-        return _token(response.data)
+        return token_of(response.data)
 
     async def _confirm_created(
         self, name: str, refusal: BadRequestError, label: str | None
@@ -291,7 +292,7 @@ class _BaseClient:
                 extra={"event": "batch_audience.delete_confirmed", "operation": "delete"},
             )
             return None
-        return _token(response.data)
+        return token_of(response.data)
 
     def list(self, *, page_size: int = DEFAULT_PAGE_SIZE) -> AsyncIterator[AudienceInfo]:
         """Iterate over every audience, newest first, fetching ``page_size`` per request."""
@@ -527,14 +528,6 @@ class _BaseClient:
             on_error=on_error,
             drain_timeout=drain_timeout,
         )
-
-
-def _token(data: Any) -> str | None:
-    if isinstance(data, Mapping):
-        token = data.get("indexing_token")
-        if isinstance(token, str) and token:
-            return token
-    return None
 
 
 def _info(data: Any) -> AudienceInfo:

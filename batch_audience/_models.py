@@ -210,3 +210,13 @@ class ArrowStream(Protocol):
 
 # What uploads take: records from a sync or async iterable, or a columnar source.
 Records = Iterable[object] | AsyncIterable[object] | ArrowStream
+
+
+def token_of(data: Any) -> str | None:
+    """The indexing token of a write's answer; None when there is none (an empty one too)."""
+    if isinstance(data, Mapping):
+        token = data.get("indexing_token")
+        # An empty token is no token: waiting on it would raise ValidationError.
+        if isinstance(token, str) and token:
+            return token
+    return None

@@ -29,13 +29,14 @@ import concurrent.futures
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import attrs
 import orjson
 
-from ._chunker import _check_not_one_record, aiter_chunks
+from ._chunker import _check_not_one_record, _iterator, aiter_chunks
 from ._exceptions import UnsupportedOperation, ValidationError
 from ._intake import Intake
 from ._models import IndexingState, Progress, ProgressCallback, Records, SyncReport
@@ -319,10 +320,10 @@ async def _stage(
                     else:
                         await asyncio.sleep(0)
         else:
-            items = _iterator(source)
+            items = _iterator(source)  # type: ignore[arg-type]  # not an Arrow stream: above
             while True:
                 before = position
-                for item in _islice(items, SLICE):
+                for item in islice(items, SLICE):
                     take(item)
                 if len(ids) >= STAGE_BATCH:
                     await flush()
@@ -339,23 +340,6 @@ async def _stage(
             # Let an insert under way end before the state is closed; its error is not ours.
             with contextlib.suppress(BaseException):
                 await pending
-
-
-def _islice(items: Iterator[object], count: int) -> Iterator[object]:
-    for _ in range(count):
-        try:
-            yield next(items)
-        except StopIteration:
-            return
-
-
-def _iterator(source: object) -> Iterator[object]:
-    _check_not_one_record(source)
-    if not isinstance(source, Iterable):
-        raise ValidationError(
-            f"records must be an iterable or an async iterable, got {type(source).__name__}"
-        )
-    return iter(source)
 
 
 async def _rows(state: SyncState, worker: _Worker, what: str) -> AsyncIterator[list[str]]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 import orjson
@@ -30,7 +30,7 @@ from ._chunker import Chunk, aiter_chunks
 from ._endpoints import ApiRoute, Endpoints
 from ._exceptions import BatchAudienceError, RateLimitError, ValidationError
 from ._intake import Intake
-from ._models import Progress, ProgressCallback, Records, UploadReport
+from ._models import Progress, ProgressCallback, Records, UploadReport, token_of
 from ._ratebudget import RateBudget
 from ._sender import DEFAULT_CONCURRENCY, Sender, Sent
 from ._session import Session
@@ -132,7 +132,7 @@ async def run_upload(
         tally.records += sent.count
         tally.requests += 1
         assert sent.response is not None
-        token = _token(sent.response.data)
+        token = token_of(sent.response.data)
         if token is not None:
             tally.tokens[sent.index] = token
         if on_ack is not None:
@@ -232,15 +232,6 @@ def _attach_failures(exc: ValidationError, failed: list[Sent]) -> None:
         exc.add_note(
             f"a chunk sent before this record failed in flight, {sent.where}: {sent.error}"
         )
-
-
-def _token(data: Any) -> str | None:
-    if isinstance(data, dict):
-        token = data.get("indexing_token")
-        # An empty token is no token: waiting on it would raise ValidationError (as in _client).
-        if isinstance(token, str) and token:
-            return token
-    return None
 
 
 def _length(source: object) -> int | None:

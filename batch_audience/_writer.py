@@ -48,7 +48,7 @@ import orjson
 from ._chunker import Chunk
 from ._exceptions import BatchAudienceError, ClientClosedError, RateLimitError, ValidationError
 from ._intake import Intake
-from ._models import AttributeValue, Record
+from ._models import AttributeValue, Record, token_of
 from ._sender import Sender
 from ._validate import MAX_ENTRIES, check_audience_name
 
@@ -793,9 +793,8 @@ class AudienceWriter:
             raise
         self._acked += batch.count
         self._requests += 1
-        data = response.data
-        token = data.get("indexing_token") if isinstance(data, dict) else None
-        if isinstance(token, str) and token:
+        token = token_of(response.data)
+        if token is not None:
             self._tokens.append(token)
 
     def _count_retry(self, error: BatchAudienceError, _delay: float) -> None:
