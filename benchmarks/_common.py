@@ -27,23 +27,9 @@ class FakeProcess:
 
 
 @contextlib.contextmanager
-def fake_server_process(
-    indexing_delay: float = 0.0, chaos: dict[str, Any] | None = None
-) -> Iterator[FakeProcess]:
-    """Start `batch_audience.testing` in a separate process on 127.0.0.1 and stop it after.
-
-    ``chaos`` holds the fields of a ``batch_audience.testing.Chaos`` (plain numbers, strings,
-    tuples): the server then starts in chaos mode.
-    """
-    chaos_arg = "None" if chaos is None else f"Chaos(**{chaos!r})"
-    code = (
-        "from batch_audience.testing import Chaos; "
-        "from batch_audience.testing._serve import run_fake_server; "
-        f"run_fake_server(port=0, indexing_delay={indexing_delay!r}, chaos={chaos_arg})"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, bufsize=1
-    )
+def _keyed_process(argv: list[str], what: str) -> Iterator[FakeProcess]:
+    """Start a server that prints ``url:`` and its keys, one per line; stop it after."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, bufsize=1)
     info: dict[str, str] = {}
     assert proc.stdout is not None
     deadline = time.monotonic() + 30
@@ -56,7 +42,8 @@ def fake_server_process(
             info[key] = value
     if len(info) < 4:
         proc.kill()
-        raise RuntimeError("the fake server did not start")
+        proc.wait()
+        raise RuntimeError(f"the {what} did not start")
     try:
         yield FakeProcess(process=proc, **info)
     finally:
@@ -65,6 +52,24 @@ def fake_server_process(
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+
+
+def fake_server_process(
+    indexing_delay: float = 0.0, chaos: dict[str, Any] | None = None
+) -> contextlib.AbstractContextManager[FakeProcess]:
+    """Start `batch_audience.testing` in a separate process on 127.0.0.1 and stop it after.
+
+    ``chaos`` holds the fields of a ``batch_audience.testing.Chaos`` (plain numbers, strings,
+    tuples): the server then starts in chaos mode.
+    """
+    chaos_arg = "None" if chaos is None else f"Chaos(**{chaos!r})"
+    code = (
+        "from batch_audience.testing import Chaos; "
+        "from batch_audience.testing._serve import run_fake_server; "
+        f"run_fake_server(port=0, indexing_delay={indexing_delay!r}, chaos={chaos_arg})"
+    )
+    return _keyed_process([sys.executable, "-c", code], "fake server")
 
 
 def peak_rss_mb() -> float:
@@ -129,37 +134,12 @@ def run_in_child(script: str, args: list[str]) -> Any:
 SINK_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sink.py")
 
 
-@contextlib.contextmanager
-def sink_process() -> Iterator[FakeProcess]:
+def sink_process() -> contextlib.AbstractContextManager[FakeProcess]:
     """Start ``benchmarks/_sink.py`` (parses writes, applies nothing) in a child process.
 
     Yields the same fields as ``fake_server_process``; stopped by its PID after.
     """
-    proc = subprocess.Popen(
-        [sys.executable, SINK_SCRIPT, "--port", "0"], stdout=subprocess.PIPE, text=True, bufsize=1
-    )
-    info: dict[str, str] = {}
-    assert proc.stdout is not None
-    while len(info) < 4:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        key, _, value = line.strip().partition(": ")
-        if key in ("url", "rest_key", "project_key", "api_key"):
-            info[key] = value
-    if len(info) < 4:
-        proc.kill()
-        proc.wait()
-        raise RuntimeError("the sink did not start")
-    try:
-        yield FakeProcess(process=proc, **info)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return _keyed_process([sys.executable, SINK_SCRIPT, "--port", "0"], "sink")
 
 
 def server_process(kind: str) -> contextlib.AbstractContextManager[FakeProcess]:
