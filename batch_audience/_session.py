@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import io
 import ipaddress
 import logging
 import random
@@ -129,15 +128,42 @@ def _deadline_note(attempts: int, policy: RetryPolicy) -> str:
 
 
 # aiohttp warns (ResourceWarning) when a bytes body is over 1 MiB, and writes it in one go.
-# A full chunk is 1-4 MB: it goes as a stream instead, written 64 KiB at a time with turns
-# for the loop in between; the BytesIO shares the bytes' buffer, so nothing is copied.
-_STREAM_ABOVE: Final = 1 << 20
+# A full chunk is 1-4 MB: it goes in slices instead, with a turn for the loop between them.
+# aiohttp's BytesIO payload would do that too, but it copies the body twice on the way
+# (getbuffer, then each read): a large upload spends ~0.05 s per million records on it.
+_SLICE_ABOVE: Final = 1 << 20
+_SLICE: Final = 1 << 18
 
 
-def _payload(body: bytes | None) -> bytes | io.BytesIO | None:
-    """The request body as aiohttp should take it: small bodies as bytes, large ones streamed."""
-    if body is not None and len(body) > _STREAM_ABOVE:
-        return io.BytesIO(body)
+class _Slices(aiohttp.payload.Payload):
+    """A large body written as slices of itself (memoryviews), never copied by this library."""
+
+    _value: bytes
+
+    def __init__(self, value: bytes) -> None:
+        super().__init__(value, content_type="application/json")
+        self._size = len(value)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return self._value.decode(encoding, errors)
+
+    async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: aiohttp.abc.AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        view = memoryview(self._value)
+        if content_length is not None:
+            view = view[:content_length]
+        for begin in range(0, len(view), _SLICE):
+            await writer.write(view[begin : begin + _SLICE])
+
+
+def _payload(body: bytes | None) -> bytes | _Slices | None:
+    """The request body as aiohttp should take it: small bodies as bytes, large ones sliced."""
+    if body is not None and len(body) > _SLICE_ABOVE:
+        return _Slices(body)
     return body
 
 

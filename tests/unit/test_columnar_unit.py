@@ -589,6 +589,20 @@ def test_chunk_ids_across_steps_use_the_window_and_the_fallback() -> None:
     assert chunks[2].ids.isdisjoint(chunks[_columnar._STEP_ROWS // size + 3].ids)
 
 
+def test_batches_are_read_into_memory_of_the_library() -> None:
+    """The stream's batches are copied when read: nothing sent keeps the source's buffers."""
+    table = pa.table({"id": [f"u-{i}" for i in range(250)], "n": list(range(250))})
+    source = table.column("id").chunk(0).buffers()[2]
+    low, high = source.address, source.address + source.size
+    chunks = list(iter_columnar(table, Intake("2", "add"), size=100))
+    assert [c.count for c in chunks] == [100, 100, 50]
+    for chunk in chunks:
+        assert isinstance(chunk.ids, ArrowIds)
+        data = chunk.ids._array.buffers()[2]
+        assert not low <= data.address < high
+    assert sorted(i for c in chunks for i in c.ids) == sorted(table.column("id").to_pylist())
+
+
 def test_chunk_ids_hide_their_values() -> None:
     """A chunk's IDs never appear in its repr; len, iteration and membership work."""
     (chunk,) = list(iter_columnar(pa.table({"id": ["secret-1", "b"]}), Intake("2", "add"), size=5))
@@ -701,11 +715,11 @@ async def test_steps_are_encoded_before_the_consumer_asks_for_them(
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("missing", ["duckdb", "pyarrow"])
+@pytest.mark.parametrize("missing", ["duckdb", "pyarrow", "numpy"])
 def test_without_the_extra_the_error_names_the_install_command(
     monkeypatch: pytest.MonkeyPatch, missing: str
 ) -> None:
-    """Without pyarrow or duckdb, a columnar source raises an error saying what to install."""
+    """Without pyarrow, duckdb or numpy, a columnar source raises an error naming the install."""
     monkeypatch.setitem(sys.modules, missing, None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'batch-audience\[data\]'") as info:
         aiter_chunks(ArrowStream(pa.table({"id": ["a"]})), Intake("2", "add"))
