@@ -128,12 +128,12 @@ def _require() -> None:
     """Raise the install hint if a module of the extra is missing, without importing it.
 
     Importing pyarrow and duckdb takes ~0.1 s: on the event loop that would stall it, so the
-    worker imports them (``_modules``); this only looks them up.
+    workers import them (``_import``); this only looks them up.
     """
     for name in _EXTRA:
-        try:
-            found = sys.modules[name] is not None or importlib.util.find_spec(name) is not None
-        except KeyError:
+        if name in sys.modules:  # None there: an import of it failed, or it is blocked
+            found = sys.modules[name] is not None
+        else:
             found = importlib.util.find_spec(name) is not None
         if not found:
             raise _missing(ModuleNotFoundError(f"No module named {name!r}", name=name))
@@ -149,15 +149,12 @@ def _missing(exc: ImportError) -> ModuleNotFoundError:
     return error
 
 
-def _modules() -> tuple[Any, Any, Any]:
-    """pyarrow, pyarrow.compute and duckdb; an error naming the install command if missing."""
+def _import(name: str) -> Any:
+    """A module of the data extra; an error naming the install command if it is missing."""
     try:
-        pa = importlib.import_module("pyarrow")
-        pc = importlib.import_module("pyarrow.compute")
-        duckdb = importlib.import_module("duckdb")
+        return importlib.import_module(name)
     except ImportError as exc:
         raise _missing(exc) from exc
-    return pa, pc, duckdb
 
 
 class ArrowIds:
@@ -444,7 +441,9 @@ class _Encoder:
     """
 
     def __init__(self, stream: _Stream) -> None:
-        self._stream = stream  # its modules, once it has opened, and its chunk size
+        self._stream = stream  # its compute functions, once it has opened, and its chunk size
+        self._pa: Any = None
+        self._np: Any = None
         self._con: Any = None
         # Per recent step: its ID hashes (Arrow), its first chunk number, the hashes sorted.
         self._recent: list[tuple[Any, int, Any]] = []
@@ -478,12 +477,23 @@ class _Encoder:
             for (index, start, count, ids), body in zip(step.places, bodies, strict=True)
         ]
 
+    def warm(self) -> None:
+        """Import DuckDB and numpy and open the connection; the upload starts with it.
+
+        ~0.1 s of imports and of DuckDB's first JSON query, run while the other worker reads
+        the first batch instead of before it.
+        """
+        if self._con is not None:
+            return
+        self._pa, self._np = _import("pyarrow"), _import("numpy")
+        con = _import("duckdb").connect(":memory:", config={"threads": 1})
+        con.sql("SELECT to_json({'a': 1}) || ',', hash('a')").fetchall()
+        self._con = con
+
     def bodies(self, job: _Job) -> tuple[list[bytes], Any]:
         """The JSON array of each chunk of ``job``, and the hash of each row's ID."""
-        pa = self._stream._pa
-        if self._con is None:
-            self._con = self._stream._duckdb.connect(":memory:", config={"threads": 1})
-        con = self._con
+        self.warm()
+        pa, con = self._pa, self._con
         con.register("chunk", job.table)
         try:
             result = con.sql(job.sql).to_arrow_table()
@@ -499,7 +509,7 @@ class _Encoder:
             (first if number == 0 else later).body(begin, end)
             for number, (begin, end) in enumerate(job.bounds)
         ]
-        return bodies, result.column(1).combine_chunks(memory_pool=self._stream._pc.pool)
+        return bodies, result.column(1).combine_chunks(memory_pool=self._stream._pool)
 
     def _overlaps(
         self, hashes: Any, first: int, chunks: int
@@ -511,7 +521,7 @@ class _Encoder:
         cover. A hash collision only reports an overlap that is not there: a chunk then waits,
         never more.
         """
-        pa, np = self._stream._pa, self._stream._np
+        pa, np = self._pa, self._np
         recent = self._recent
         known_from = recent[0][1] if recent else first
         ordered = np.sort(hashes.to_numpy())
@@ -550,7 +560,7 @@ class _Encoder:
 
     def _chunk_numbers(self, first: int, rows: int, size: int) -> Any:
         """Each row's chunk number: every step but the stream's last is whole chunks."""
-        np = self._stream._np
+        np = self._np
         return np.arange(rows, dtype=np.int64) // size + first
 
     def close(self) -> None:
@@ -637,9 +647,8 @@ class _Stream:
     ) -> None:
         _require()  # a missing extra is named at once; the import itself runs in the worker
         self._pa: Any = None
-        self._pc: Any = None
-        self._np: Any = None
-        self._duckdb: Any = None
+        self._pc: Any = None  # pyarrow.compute, imported with the first step (_Pooled)
+        self._pool: Any = None
         self._prefetch = prefetch
         self._source: object = source
         self._encoders = (
@@ -666,10 +675,10 @@ class _Stream:
                 reader.close()
 
     def _open(self) -> None:
-        self._pa, pc, self._duckdb = _modules()
-        self._pc = _Pooled(pc, self._pa.system_memory_pool())
-        self._np = importlib.import_module("numpy")
-        pa = self._pa
+        # pyarrow.compute is imported after the first batch is read: its ~30 ms of import
+        # then overlap the source's first decoding, which runs without the GIL.
+        pa = self._pa = _import("pyarrow")
+        self._pool = pa.system_memory_pool()
         source, self._source = self._source, None
         try:
             reader = pa.RecordBatchReader.from_stream(source)
@@ -718,7 +727,7 @@ class _Stream:
         batch = self._reader.read_next_batch()
         if not batch.num_rows:
             return batch
-        pa, pool = self._pa, self._pc.pool
+        pa, pool = self._pa, self._pool
         columns = []
         for column in batch.columns:
             try:
@@ -764,9 +773,11 @@ class _Stream:
         if len(slices) == 1:
             return slices[0]
         table = self._pa.Table.from_batches(slices)
-        return table.combine_chunks(memory_pool=self._pc.pool).to_batches()[0]
+        return table.combine_chunks(memory_pool=self._pool).to_batches()[0]
 
     def _step(self, batch: Any) -> _Step:
+        if self._pc is None:
+            self._pc = _Pooled(_import("pyarrow.compute"), self._pool)
         pa, pc = self._pa, self._pc
         plan = self._plan
         assert plan is not None
@@ -1163,6 +1174,7 @@ async def _pump(stream: _Stream, encoder: _Encoder) -> AsyncIterator[Chunk]:
         return read, encoding.submit(prepare, read)
 
     # Steps queued ahead: the workers keep reading and encoding while the loop sends.
+    encoding.submit(encoder.warm)
     steps = collections.deque([submit() for _ in range(_AHEAD)])
     try:
         while True:
@@ -1208,7 +1220,7 @@ class ParquetRecords(RecordReader):
         if path == STDIN:
             # Parquet keeps its schema and row groups' places at the end of the file.
             raise ValidationError("Parquet cannot be read from stdin: give the file's path")
-        pa, _, _ = _modules()
+        pa = _import("pyarrow")
         parquet = importlib.import_module("pyarrow.parquet")
         super().__init__((), name=path, skip=skip, ids_only=ids_only)
         try:
@@ -1239,7 +1251,7 @@ class ParquetRecords(RecordReader):
 
     @staticmethod
     def _pa() -> Any:
-        return _modules()[0]
+        return _import("pyarrow")
 
     def __arrow_c_stream__(self, requested_schema: object = None) -> object:
         """The rows after ``skip`` as an Arrow C stream (read lazily, batch by batch)."""
