@@ -53,7 +53,7 @@ class Chunk:
     index: int  # 0-based chunk number in the stream
     start: int  # stream position of the first entry (positions count from the ``start`` offset)
     count: int  # entries in the body
-    # The JSON array of the entries; wrapped in orjson.Fragment, it goes into a request as is.
+    # The JSON array of the entries; as EncodedIds, it goes into a request as is.
     body: bytes = attrs.field(repr=_body_repr)
     # The distinct IDs, for per-ID ordering between chunks in flight (spec §8); read-only.
     ids: frozenset[str] | set[str] = attrs.field(repr=_ids_repr)

@@ -15,7 +15,7 @@ import orjson
 from ._exceptions import UnsupportedOperation, ValidationError
 from ._validate import Generation, check_audience_name
 
-__all__ = ["ApiRoute", "Endpoints", "V1Endpoints", "V2Endpoints"]
+__all__ = ["ApiRoute", "Body", "EncodedIds", "Endpoints", "V1Endpoints", "V2Endpoints"]
 
 MAX_PAGE_SIZE: Final = 100
 # 2.1 up (Batch's pages show 2.1 to 2.11); fullmatch, as "$" would also match before "\n".
@@ -24,8 +24,41 @@ _V1_TYPES: Final = {"1.0": ("custom_ids", "advertising_ids"), "1.1": ("install_i
 _PATH_BREAKERS: Final = frozenset("/?#%")
 
 Method = Literal["GET", "POST", "PATCH", "PUT", "DELETE"]
-# Wire entries, or the JSON array of them already encoded (embedded verbatim by orjson).
-Entries = Sequence[Mapping[str, Any]] | orjson.Fragment
+
+
+@attrs.frozen(slots=True)
+class EncodedIds:
+    """The ``ids`` array of a write, already encoded as JSON (a chunk's body)."""
+
+    array: bytes = attrs.field(repr=lambda array: f"<{len(array)} bytes>")
+
+
+# Wire entries, or the JSON array of them already encoded.
+Entries = Sequence[Mapping[str, Any]] | EncodedIds
+
+
+@attrs.frozen(slots=True)
+class Body:
+    """A JSON body in parts sent one after the other: a chunk's entries are never copied into it.
+
+    A full chunk is 1-4 MB: joining it into its envelope would copy it once more per request.
+    """
+
+    parts: tuple[bytes, ...] = attrs.field(repr=lambda parts: f"<{sum(map(len, parts))} bytes>")
+
+    def __len__(self) -> int:
+        return sum(map(len, self.parts))
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def _with_ids(fields: dict[str, Any], entries: Entries) -> bytes | Body:
+    """``fields`` and then ``ids`` as one JSON object (``ids`` last, as Batch's docs show it)."""
+    if not isinstance(entries, EncodedIds):
+        return orjson.dumps({**fields, "ids": entries})
+    head = orjson.dumps(fields)[:-1] + (b',"ids":' if fields else b'"ids":')
+    return Body((head, entries.array, b"}"))
 
 
 @attrs.frozen(slots=True)
@@ -36,7 +69,7 @@ class ApiRoute:
     method: Method
     path: str
     query: Mapping[str, str] | None = None
-    body: bytes | None = None
+    body: bytes | Body | None = None
 
 
 def check_page_size(limit: int) -> int:
@@ -185,16 +218,16 @@ class V1Endpoints(Endpoints):
         return ApiRoute("delete", "DELETE", self._one(name))
 
     def update(self, name: str, entries: Entries, audience_type: str | None) -> ApiRoute:
-        body: dict[str, Any] = {"ids": entries}
+        fields: dict[str, Any] = {}
         if self.version == "1.0":
             # 1.0 PATCH names the audience's type in every body (spec §3.2).
-            body = {"type": self.check_type(audience_type or self.default_type()), "ids": entries}
-        return ApiRoute("update", "PATCH", self._one(name), body=orjson.dumps(body))
+            fields = {"type": self.check_type(audience_type or self.default_type())}
+        return ApiRoute("update", "PATCH", self._one(name), body=_with_ids(fields, entries))
 
     def replace(self, name: str, entries: Entries) -> ApiRoute:
         if self.version != "1.1":
             return super().replace(name, entries)
-        return ApiRoute("replace", "PUT", self._one(name), body=orjson.dumps({"ids": entries}))
+        return ApiRoute("replace", "PUT", self._one(name), body=_with_ids({}, entries))
 
 
 @attrs.frozen
@@ -267,9 +300,9 @@ class V2Endpoints(Endpoints):
         return ApiRoute("delete", "POST", self._path("remove"), body=body)
 
     def update(self, name: str, entries: Entries, audience_type: str | None) -> ApiRoute:
-        body = orjson.dumps({"name": check_audience_name(name), "ids": entries})
+        body = _with_ids({"name": check_audience_name(name)}, entries)
         return ApiRoute("update", "POST", self._path("update"), body=body)
 
     def replace(self, name: str, entries: Entries) -> ApiRoute:
-        body = orjson.dumps({"name": check_audience_name(name), "ids": entries})
+        body = _with_ids({"name": check_audience_name(name)}, entries)
         return ApiRoute("replace", "POST", self._path("replace"), body=body)

@@ -22,7 +22,7 @@ import attrs
 import orjson
 
 from ._config import Limits, RetryPolicy, Timeouts
-from ._endpoints import ApiRoute
+from ._endpoints import ApiRoute, Body
 from ._exceptions import (
     ApiError,
     BatchAudienceError,
@@ -136,16 +136,16 @@ _SLICE: Final = 1 << 18
 
 
 class _Slices(aiohttp.payload.Payload):
-    """A large body written as slices of itself (memoryviews), never copied by this library."""
+    """A large body written as slices of its parts (memoryviews), never copied by this library."""
 
-    _value: bytes
+    _value: tuple[bytes, ...]
 
-    def __init__(self, value: bytes) -> None:
-        super().__init__(value, content_type="application/json")
-        self._size = len(value)
+    def __init__(self, parts: tuple[bytes, ...]) -> None:
+        super().__init__(parts, content_type="application/json")
+        self._size = sum(map(len, parts))
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        return self._value.decode(encoding, errors)
+        return b"".join(self._value).decode(encoding, errors)
 
     async def write(self, writer: aiohttp.abc.AbstractStreamWriter) -> None:
         await self.write_with_length(writer, None)
@@ -153,18 +153,21 @@ class _Slices(aiohttp.payload.Payload):
     async def write_with_length(
         self, writer: aiohttp.abc.AbstractStreamWriter, content_length: int | None
     ) -> None:
-        view = memoryview(self._value)
-        if content_length is not None:
-            view = view[:content_length]
-        for begin in range(0, len(view), _SLICE):
-            await writer.write(view[begin : begin + _SLICE])
+        left = sum(map(len, self._value)) if content_length is None else content_length
+        for part in self._value:
+            view = memoryview(part)[:left]
+            left -= len(view)
+            for begin in range(0, len(view), _SLICE):
+                await writer.write(view[begin : begin + _SLICE])
 
 
-def _payload(body: bytes | None) -> bytes | _Slices | None:
+def _payload(body: bytes | Body | None) -> bytes | _Slices | None:
     """The request body as aiohttp should take it: small bodies as bytes, large ones sliced."""
-    if body is not None and len(body) > _SLICE_ABOVE:
-        return _Slices(body)
-    return body
+    if body is None:
+        return None
+    if len(body) <= _SLICE_ABOVE:
+        return bytes(body)
+    return _Slices(body.parts if isinstance(body, Body) else (body,))
 
 
 def is_loopback(url: str) -> bool:

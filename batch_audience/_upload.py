@@ -24,10 +24,9 @@ from collections.abc import Callable
 from typing import Literal
 
 import attrs
-import orjson
 
 from ._chunker import Chunk, aiter_chunks
-from ._endpoints import ApiRoute, Endpoints
+from ._endpoints import ApiRoute, EncodedIds, Endpoints
 from ._exceptions import BatchAudienceError, RateLimitError, ValidationError
 from ._intake import Intake
 from ._models import Progress, ProgressCallback, Records, UploadReport, token_of
@@ -153,7 +152,7 @@ async def run_upload(
             )
 
     def update(chunk: Chunk) -> ApiRoute:
-        return endpoints.update(name, orjson.Fragment(chunk.body), audience_type)
+        return endpoints.update(name, EncodedIds(chunk.body), audience_type)
 
     sender = Sender(
         session,
@@ -172,7 +171,7 @@ async def run_upload(
         async for chunk in chunks:
             if replace_pending:
                 replace_pending = False
-                await sender.send(chunk, endpoints.replace(name, orjson.Fragment(chunk.body)))
+                await sender.send(chunk, endpoints.replace(name, EncodedIds(chunk.body)))
             else:
                 await sender.put(chunk)
         if replace_pending:

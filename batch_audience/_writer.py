@@ -24,9 +24,9 @@ few counters; every 128 events it
 yields to the loop. Timers and wake-ups happen once per batch, never once per event, and an
 idle writer has no timer and a sender parked on an Event: it costs nothing.
 
-The ids array goes to the endpoints' route builder as one ``orjson.Fragment``, so
-``Endpoints.update`` must hand ``entries`` to orjson untouched (it does, for every generation;
-the integration tests send through all three).
+The ids array goes to the endpoints' route builder as one ``EncodedIds``, which
+``Endpoints.update`` places in the request's body untouched, never copied (for every
+generation; the integration tests send through all three).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import attrs
 import orjson
 
 from ._chunker import Chunk
+from ._endpoints import EncodedIds
 from ._exceptions import BatchAudienceError, ClientClosedError, RateLimitError, ValidationError
 from ._intake import Intake
 from ._models import AttributeValue, Record, token_of
@@ -389,7 +390,7 @@ class AudienceWriter:
         self._writes = Sender(
             self._session,
             lambda chunk: self._endpoints.update(
-                self._name, orjson.Fragment(chunk.body), self._audience_type
+                self._name, EncodedIds(chunk.body), self._audience_type
             ),
             concurrency=1,
             budget=client._budget,

@@ -44,7 +44,7 @@ class StubSend:
             if call in self.fail:
                 raise ba.BadRequestError(400, error_code="MALFORMED_PARAMETER", message="bad")
             assert route.body is not None
-            self.bodies.append(orjson.loads(route.body)["ids"])
+            self.bodies.append(orjson.loads(bytes(route.body))["ids"])
             return Response(201, {"indexing_token": f"t{len(self.bodies)}"}, 1)
         finally:
             self.in_flight -= 1
