@@ -121,7 +121,7 @@ def aiter_chunks(
     if isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 1:
         raise ValidationError(f"slice_size must be an integer >= 1, got {slice_size!r}")
     if hasattr(type(source), "__arrow_c_stream__"):
-        # Imported here: pyarrow and duckdb are an optional extra, paid for only when used.
+        # Imported here: the columnar path's modules are an optional extra, paid for when used.
         from ._columnar import aiter_columnar
 
         return aiter_columnar(source, intake, size=size, start=start, first=first)

@@ -782,7 +782,7 @@ def open_records(
     if format == "parquet":
         if path == STDIN:
             raise ValidationError("Parquet cannot be read from stdin: give the file's path")
-        # Imported here: Parquet needs the optional extra (pyarrow, duckdb).
+        # Imported here: Parquet needs the optional extra (pyarrow, duckdb, numpy).
         from ._columnar import ParquetRecords
 
         return ParquetRecords(path, skip=skip, ids_only=ids_only)

@@ -603,6 +603,31 @@ def test_batches_are_read_into_memory_of_the_library() -> None:
     assert sorted(i for c in chunks for i in c.ids) == sorted(table.column("id").to_pylist())
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    picks=st.lists(st.integers(0, 60), min_size=1, max_size=400),
+    size=st.integers(1, 12),
+    step_rows=st.integers(1, 60),
+)
+def test_any_repeats_between_chunks_are_found_like_sets(
+    picks: list[int], size: int, step_rows: int
+) -> None:
+    """Whatever the IDs repeat and however steps cut them, chunks overlap exactly as sets do."""
+    rows = [f"u-{p}" for p in picks]
+    original = _columnar._STEP_ROWS
+    _columnar._STEP_ROWS = step_rows  # steps of one to a few chunks: the window is crossed
+    try:
+        chunks = list(iter_columnar(pa.table({"id": rows}), Intake("2", "add"), size=size))
+    finally:
+        _columnar._STEP_ROWS = original
+    plain = [set(rows[c.start : c.end]) for c in chunks]
+    for later in range(len(chunks)):
+        for earlier in range(later):
+            expected = plain[later].isdisjoint(plain[earlier])
+            assert chunks[later].ids.isdisjoint(chunks[earlier].ids) == expected
+            assert chunks[earlier].ids.isdisjoint(chunks[later].ids) == expected
+
+
 def test_chunk_ids_hide_their_values() -> None:
     """A chunk's IDs never appear in its repr; len, iteration and membership work."""
     (chunk,) = list(iter_columnar(pa.table({"id": ["secret-1", "b"]}), Intake("2", "add"), size=5))
