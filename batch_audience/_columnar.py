@@ -1088,6 +1088,34 @@ def _timestamp_text(pa: Any, pc: Any, column: Any, unit: str, out_of_range: Any)
                     fine,
                 )
             text = pc.if_else(whole, text, fine)
+    return _iso_utc(pa, pc, text)
+
+
+_ARROW_SECONDS: Final = 19  # len("2024-01-02 10:00:00"): Arrow's text of years 1000 to 9999
+
+
+def _iso_utc(pa: Any, pc: Any, text: Any) -> Any:
+    """Arrow's ``2024-01-02 10:00:00`` texts as ``2024-01-02T10:00:00Z``.
+
+    When every text is exactly 19 bytes (whole seconds, years 1000 to 9999, no null: the
+    common case) the new bytes are written in one numpy pass over a fixed-width view; two
+    Arrow passes (replace, then join) cost ~3x as much.
+    """
+    width = _ARROW_SECONDS
+    _, offsets, data = text.buffers()
+    rows = len(text)
+    if rows and not text.null_count and not text.offset and pa.types.is_string(text.type):
+        np = _import("numpy")
+        ends = np.frombuffer(offsets, dtype=np.int32, count=rows + 1)
+        if ends[0] == 0 and bool((np.diff(ends) == width).all()):
+            fixed = np.frombuffer(data, dtype=np.uint8, count=rows * width).reshape(rows, width)
+            iso = np.empty((rows, width + 1), dtype=np.uint8)
+            iso[:, :width] = fixed
+            iso[:, 10] = ord("T")
+            iso[:, width] = ord("Z")
+            starts = np.arange(0, (rows + 1) * (width + 1), width + 1, dtype=np.int32)
+            buffers = [None, pa.py_buffer(starts), pa.py_buffer(iso)]
+            return pa.Array.from_buffers(pa.string(), rows, buffers)
     text = pc.replace_substring(text, " ", "T", max_replacements=1)
     return pc.binary_join_element_wise(text, "Z", "")
 

@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -587,6 +588,47 @@ def test_chunk_ids_across_steps_use_the_window_and_the_fallback() -> None:
     assert not chunks[3 * _columnar._STEP_ROWS // size].ids.isdisjoint(first.ids)
     assert first.ids.isdisjoint(chunks[1].ids)
     assert chunks[2].ids.isdisjoint(chunks[_columnar._STEP_ROWS // size + 3].ids)
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us"])
+@pytest.mark.parametrize(
+    "years",
+    [
+        pytest.param([2024, 1000, 9999], id="four-digit-years"),  # one fixed-width pass
+        pytest.param([2024, 999, 1], id="shorter-years"),  # Arrow's replace and join
+    ],
+)
+def test_timestamps_read_as_the_record_path_writes_them(unit: str, years: list[int]) -> None:
+    """Whole seconds of any year and fractions give the record path's date texts."""
+    whens = [datetime(y, 12, 31, 23, 59, 59, tzinfo=UTC) for y in years]
+    whens.append(datetime(2024, 1, 2, 10, 0, 0, tzinfo=UTC))
+    table = pa.table(
+        {
+            "id": [f"u-{i}" for i in range(len(whens))],
+            "t": pa.array(whens, pa.timestamp(unit, "UTC")),
+        }
+    )
+    expected, got = both(table)
+    assert got == expected
+    texts = [e["attributes"]["date(t)"] for _, _, entries in got[0] for e in entries]
+    assert texts[0] == f"{years[0]:04d}-12-31T23:59:59Z" and texts[-1] == "2024-01-02T10:00:00Z"
+
+
+def test_iso_texts_of_fixed_and_mixed_widths() -> None:
+    """Arrow's timestamp texts become the wire form, in one pass or in two."""
+    pc = _columnar._Pooled(pa.compute, pa.system_memory_pool())
+    fixed = pa.array(["2024-01-02 10:00:00", "9999-12-31 23:59:59"])
+    assert _columnar._iso_utc(pa, pc, fixed).to_pylist() == [
+        "2024-01-02T10:00:00Z",
+        "9999-12-31T23:59:59Z",
+    ]
+    mixed = pa.array(["0999-01-02 10:00:00", None, "2024-01-02 10:00:00.500000"])
+    assert _columnar._iso_utc(pa, pc, mixed).to_pylist() == [
+        "0999-01-02T10:00:00Z",
+        None,
+        "2024-01-02T10:00:00.500000Z",
+    ]
+    assert _columnar._iso_utc(pa, pc, fixed.slice(1)).to_pylist() == ["9999-12-31T23:59:59Z"]
 
 
 def test_batches_are_read_into_memory_of_the_library() -> None:
