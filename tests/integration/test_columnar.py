@@ -134,6 +134,43 @@ async def test_a_duckdb_relation_and_any_arrow_stream(
     assert fake_server.members("stream") == fake_server.members("table")
 
 
+async def test_pandas_and_polars_dataframes(
+    client_v11: ba.CustomAudienceClient, fake_server: FakeBatchServer
+) -> None:
+    """pandas and polars DataFrames go in as they are: the members the same rows give as a table."""
+    import pandas as pd
+    import polars as pl
+
+    table = users(7_000).append_column(
+        "tags", pa.array([["vip"] if i % 3 == 0 else ["new", "fr"] for i in range(7_000)])
+    )
+    pandas_frame = table.to_pandas()
+    assert isinstance(pandas_frame, pd.DataFrame) and hasattr(pandas_frame, "__arrow_c_stream__")
+    polars_frame = pl.from_arrow(table)
+    assert isinstance(polars_frame, pl.DataFrame)
+    for name, source in (("arrow", table), ("pandas", pandas_frame), ("polars", polars_frame)):
+        await client_v11.create(name)
+        report = await client_v11.add(name, source, chunk_size=5_000)
+        assert (report.records, report.requests) == (7_000, 2), name
+    members = {
+        name: fake_server.members(name, api_key=fake_server.api_key)
+        for name in ("arrow", "pandas", "polars")
+    }
+    assert len(members["arrow"]) == 7_000
+    assert members["pandas"] == members["arrow"]
+    assert members["polars"] == members["arrow"]
+    assert members["polars"]["u-3"].tags == ("vip",)
+    assert members["pandas"]["u-7"].attributes == {
+        "plan": "plan-1",
+        "age": 27,
+        "score": 1.75,
+        "date(seen)": "2024-01-08T12:00:00Z",
+        "url(avatar)": "https://cdn.example/7.png",
+        "interests": ["bikes", "books"],
+    }
+    assert "plan" not in members["polars"]["u-5"].attributes
+
+
 async def test_a_chunked_replace_of_25001_rows(
     client: ba.AudienceClient, fake_server: FakeBatchServer
 ) -> None:

@@ -712,26 +712,33 @@ def test_any_arrow_stream_is_a_columnar_source() -> None:
         con.close()
 
 
-async def test_aiter_chunks_reads_columns_off_the_event_loop() -> None:
-    """aiter_chunks dispatches a columnar source; each step runs in a worker thread."""
+async def test_aiter_chunks_reads_columns_off_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Reading, checking, encoding and importing the extra all run off the event loop."""
     loop_thread = threading.get_ident()
-    threads: set[int] = set()
+    threads: dict[str, set[int]] = {"read": set(), "encode": set(), "import": set()}
     table = every_type(35)
-    original = _columnar._Stream.next_step
 
-    def spy(self: _columnar._Stream) -> Any:
-        threads.add(threading.get_ident())
-        return original(self)
+    def spy(kind: str, original: Any) -> Any:
+        def call(*args: Any) -> Any:
+            threads[kind].add(threading.get_ident())
+            return original(*args)
 
-    _columnar._Stream.next_step = spy  # type: ignore[method-assign]
-    try:
-        got = [c async for c in aiter_chunks(table, Intake("2", "add"), size=10)]
-    finally:
-        _columnar._Stream.next_step = original  # type: ignore[method-assign]
-    assert [(c.start, c.entries()) for c in got] == [
-        (c.start, c.entries()) for c in iter_chunks(records_of(table), Intake("2", "add"), size=10)
-    ]
-    assert threads and loop_thread not in threads
+        return call
+
+    monkeypatch.setattr(_columnar._Stream, "next_step", spy("read", _columnar._Stream.next_step))
+    monkeypatch.setattr(_columnar._Encoder, "chunks", spy("encode", _columnar._Encoder.chunks))
+    monkeypatch.setattr(_columnar, "_import", spy("import", _columnar._import))
+    got = [c async for c in aiter_chunks(table, Intake("2", "add"), size=10)]
+
+    def expected() -> list[tuple[int, Any]]:  # off the loop too: to_pylist imports zoneinfo
+        chunks = iter_chunks(records_of(table), Intake("2", "add"), size=10)
+        return [(c.start, c.entries()) for c in chunks]
+
+    assert [(c.start, c.entries()) for c in got] == await asyncio.to_thread(expected)
+    for kind, seen in threads.items():
+        assert seen and loop_thread not in seen, kind
 
 
 async def test_a_consumer_that_stops_early_closes_the_stream() -> None:
