@@ -35,13 +35,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import importlib
 import importlib.util
 import inspect
 import json
 import queue
 import re
+import struct
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -230,18 +230,66 @@ class _Pooled:
     in again each time: ~0.4 s of system time per million rows (1M-row Parquet upload, lab
     sink). The system allocator keeps it for the next step. The pool is passed per call: the
     process-wide default stays as the application set it.
+
+    Python values given to a function (``pc.equal(lengths, 0)``) become Arrow scalars built
+    from their bytes (``_scalar``), not through pyarrow's conversion of Python objects.
     """
 
-    def __init__(self, pc: Any, pool: Any) -> None:
+    def __init__(self, pc: Any, pa: Any, pool: Any) -> None:
         self._pc = pc
+        self._pa = pa
         self.pool = pool
 
     def __getattr__(self, name: str) -> Any:
         function = getattr(self._pc, name)
-        if "memory_pool" in inspect.signature(function).parameters:
-            function = functools.partial(function, memory_pool=self.pool)
-        setattr(self, name, function)  # looked up once per name
-        return function
+        parameters = inspect.signature(function).parameters.values()
+        pooled = any(p.name == "memory_pool" for p in parameters)
+        # The values a function computes on come first (positional-only, or *args); what
+        # follows is options (a regex, a slice's bounds), which stay Python values.
+        if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+            values = sys.maxsize
+        else:
+            values = sum(p.kind is p.POSITIONAL_ONLY for p in parameters) or _VALUES.get(name, 1)
+        pa = self._pa
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            args = tuple(
+                _scalar(pa, arg)
+                if number < values and isinstance(arg, bool | int | float | str)
+                else arg
+                for number, arg in enumerate(args)
+            )
+            if pooled:
+                kwargs["memory_pool"] = self.pool
+            return function(*args, **kwargs)
+
+        setattr(self, name, call)  # looked up once per name
+        return call
+
+
+_VALUES: Final = {"fill_null": 2}  # functions written in Python: how many values they take
+_SCALAR_TYPES: Final = {bool: ("bool_", "?"), int: ("int64", "<q"), float: ("float64", "<d")}
+
+
+def _scalar(pa: Any, value: bool | int | float | str, type_: Any = None) -> Any:
+    """An Arrow scalar built from its bytes; a null of ``type_`` for None.
+
+    pyarrow's conversion of Python values (``pa.scalar``, a Python int given to a compute
+    function, ``pa.array`` of a list) imports pandas whenever it is installed: ~0.4 s of CPU
+    and ~50 MB the first time, in the upload's first step, in a process that may never use
+    pandas. From a buffer nothing is imported.
+    """
+    if isinstance(value, str):
+        data = value.encode()
+        offsets = struct.pack("<ii", 0, len(data))
+        return pa.Array.from_buffers(
+            pa.string(), 1, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+        )[0]
+    name, layout = _SCALAR_TYPES[type(value)]
+    arrow_type = getattr(pa, name)() if type_ is None else type_
+    if arrow_type == pa.uint64():
+        layout = "<Q"
+    return pa.Array.from_buffers(arrow_type, 1, [None, pa.py_buffer(struct.pack(layout, value))])[0]
 
 
 @attrs.frozen
@@ -527,7 +575,9 @@ class _Encoder:
         pa, np = self._pa, self._np
         recent = self._recent
         known_from = recent[0][1] if recent else first
-        ordered = np.sort(hashes.to_numpy())
+        # From the buffer: Array.to_numpy goes through pyarrow's pandas shim (see _scalar).
+        raw = np.frombuffer(hashes.buffers()[1], dtype=np.uint64)
+        ordered = np.sort(raw[hashes.offset : hashes.offset + len(hashes)])
         # One stable sort of already sorted runs is a merge: cheap. Equal neighbours = a repeat.
         merged = np.concatenate([*(s for _, _, s in recent), ordered])
         merged.sort(kind="stable")
@@ -563,8 +613,10 @@ class _Encoder:
 
     def _chunk_numbers(self, first: int, rows: int, size: int) -> Any:
         """Each row's chunk number: every step but the stream's last is whole chunks."""
-        np = self._np
-        return np.arange(rows, dtype=np.int64) // size + first
+        np, pa = self._np, self._pa
+        numbers = np.arange(rows, dtype=np.int64) // size + first
+        # From the buffer: pa.array(numbers) would go through pyarrow's conversion (_scalar).
+        return pa.Array.from_buffers(pa.int64(), rows, [None, pa.py_buffer(numbers)])
 
     def close(self) -> None:
         """Close the connection; safe to call more than once."""
@@ -780,7 +832,7 @@ class _Stream:
 
     def _step(self, batch: Any) -> _Step:
         if self._pc is None:
-            self._pc = _Pooled(_import("pyarrow.compute"), self._pool)
+            self._pc = _Pooled(_import("pyarrow.compute"), self._pa, self._pool)
         pa, pc = self._pa, self._pc
         plan = self._plan
         assert plan is not None
@@ -875,7 +927,7 @@ class _Stream:
             )
             found.append(_mask_rows(pc, pc.and_(pc.is_valid(column), pc.invert(fine))))
         elif kind == _UINT64:
-            found.append(_mask_rows(pc, pc.greater(column, pa.scalar(_INT_MAX, pa.uint64()))))
+            found.append(_mask_rows(pc, pc.greater(column, _scalar(pa, _INT_MAX, pa.uint64()))))
         elif kind == _FLOAT:
             if not pa.types.is_float64(column.type):
                 column = pc.cast(column, pa.float64())
@@ -1070,7 +1122,7 @@ def _timestamp_text(pa: Any, pc: Any, column: Any, unit: str, out_of_range: Any)
     """
     if out_of_range is not None:
         # Those rows raise before they are encoded: do not ask Arrow to print them.
-        column = pc.if_else(out_of_range, pa.scalar(None, column.type), column)
+        column = pc.if_else(out_of_range, pa.nulls(1, column.type)[0], column)
     utc = pc.cast(column, pa.timestamp(unit))  # the same instants, without the zone's name
     text = pc.cast(pc.cast(utc, pa.timestamp("s"), safe=False), pa.string())
     if unit != "s":

@@ -616,7 +616,7 @@ def test_timestamps_read_as_the_record_path_writes_them(unit: str, years: list[i
 
 def test_iso_texts_of_fixed_and_mixed_widths() -> None:
     """Arrow's timestamp texts become the wire form, in one pass or in two."""
-    pc = _columnar._Pooled(pa.compute, pa.system_memory_pool())
+    pc = _columnar._Pooled(pa.compute, pa, pa.system_memory_pool())
     fixed = pa.array(["2024-01-02 10:00:00", "9999-12-31 23:59:59"])
     assert _columnar._iso_utc(pa, pc, fixed).to_pylist() == [
         "2024-01-02T10:00:00Z",
@@ -809,6 +809,53 @@ def test_the_record_path_does_not_import_the_extra() -> None:
         "from batch_audience._intake import Intake\n"
         "list(iter_chunks(['a', {'id': 'b', 'attributes': {'n': 1}}], Intake('2', 'add')))\n"
         "assert 'pyarrow' not in sys.modules and 'duckdb' not in sys.modules, 'imported'\n"
+    )
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_columnar_upload_does_not_import_pandas(tmp_path: Any) -> None:
+    """Columns of every kind, repeated IDs and a bad row go through without importing pandas.
+
+    pyarrow imports pandas, when it is installed, the first time it converts a Python value
+    (~0.4 s and ~50 MB): the library never asks it to. pandas is installed here (test extra).
+    """
+    import importlib.util
+
+    import pyarrow.parquet as pq
+
+    assert importlib.util.find_spec("pandas") is not None
+    table = every_type(60)
+    ids = table.column("id").to_pylist()
+    ids[40] = ids[3]  # a repeat a few chunks later
+    good = table.set_column(0, "id", pa.array(ids))
+    ids[50] = ""  # a bad row: checked by EntryEncoder, then raised
+    pq.write_table(good, tmp_path / "good.parquet")
+    pq.write_table(good.set_column(0, "id", pa.array(ids)), tmp_path / "bad.parquet")
+    code = (
+        "import sys, pyarrow as pa, pyarrow.parquet as pq\n"
+        "import batch_audience as ba\n"
+        "from batch_audience._columnar import iter_columnar\n"
+        "from batch_audience._intake import Intake\n"
+        "def read(path):\n"
+        "    file = pq.ParquetFile(path)\n"
+        "    return pa.RecordBatchReader.from_batches(file.schema_arrow, file.iter_batches())\n"
+        f"good = read({str(tmp_path / 'good.parquet')!r})\n"
+        f"bad = read({str(tmp_path / 'bad.parquet')!r})\n"
+        "assert 'pandas' not in sys.modules, 'by the test itself'\n"
+        "got = [c.count for c in iter_columnar(good, Intake('2', 'add'), size=7)]\n"
+        "assert sum(got) == 60, got\n"
+        "try:\n"
+        "    list(iter_columnar(bad, Intake('2', 'add'), size=7))\n"
+        "except ba.ValidationError as err:\n"
+        "    assert err.position == 50, err\n"
+        "else:\n"
+        "    raise AssertionError('no error')\n"
+        "assert 'pandas' not in sys.modules, 'imported'\n"
     )
     import subprocess
 
