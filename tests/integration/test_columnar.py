@@ -44,6 +44,17 @@ def users(rows: int, offset: int = 0) -> pa.Table:
     )
 
 
+# Row 7 of users(): what every source kind must land for it.
+U7: dict[str, Any] = {
+    "plan": "plan-1",
+    "age": 27,
+    "score": 1.75,
+    "date(seen)": "2024-01-08T12:00:00Z",
+    "url(avatar)": "https://cdn.example/7.png",
+    "interests": ["bikes", "books"],
+}
+
+
 def records_of(table: pa.Table) -> list[dict[str, Any]]:
     """The same rows as record mappings (null cells left out)."""
     names = [n for n in table.column_names if n not in ("id", "tags")]
@@ -72,14 +83,7 @@ async def test_a_table_lands_like_the_same_records(
     members = fake_server.members("cols")
     assert members == fake_server.members("recs")
     assert len(members) == 12_345
-    assert members["u-7"].attributes == {
-        "plan": "plan-1",
-        "age": 27,
-        "score": 1.75,
-        "date(seen)": "2024-01-08T12:00:00Z",
-        "url(avatar)": "https://cdn.example/7.png",
-        "interests": ["bikes", "books"],
-    }
+    assert members["u-7"].attributes == U7
     assert "plan" not in members["u-5"].attributes
     assert (from_table.records, from_table.requests, from_table.audience) == (12_345, 3, "cols")
     assert from_records.records == from_table.records
@@ -160,14 +164,7 @@ async def test_pandas_and_polars_dataframes(
     assert members["pandas"] == members["arrow"]
     assert members["polars"] == members["arrow"]
     assert members["polars"]["u-3"].tags == ("vip",)
-    assert members["pandas"]["u-7"].attributes == {
-        "plan": "plan-1",
-        "age": 27,
-        "score": 1.75,
-        "date(seen)": "2024-01-08T12:00:00Z",
-        "url(avatar)": "https://cdn.example/7.png",
-        "interests": ["bikes", "books"],
-    }
+    assert members["pandas"]["u-7"].attributes == U7
     assert "plan" not in members["polars"]["u-5"].attributes
 
 

@@ -801,6 +801,16 @@ def test_without_the_extra_the_error_names_the_install_command(
     assert INSTALL_COMMAND in str(info.value)
 
 
+def run_python(code: str) -> None:
+    """Run ``code`` in a new interpreter (its imports are its own); fail with its stderr."""
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def test_the_record_path_does_not_import_the_extra() -> None:
     """Uploading records never imports pyarrow or duckdb (the extra stays optional)."""
     code = (
@@ -810,12 +820,7 @@ def test_the_record_path_does_not_import_the_extra() -> None:
         "list(iter_chunks(['a', {'id': 'b', 'attributes': {'n': 1}}], Intake('2', 'add')))\n"
         "assert 'pyarrow' not in sys.modules and 'duckdb' not in sys.modules, 'imported'\n"
     )
-    import subprocess
-
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
+    run_python(code)
 
 
 def test_a_columnar_upload_does_not_import_pandas(tmp_path: Any) -> None:
@@ -857,12 +862,7 @@ def test_a_columnar_upload_does_not_import_pandas(tmp_path: Any) -> None:
         "    raise AssertionError('no error')\n"
         "assert 'pandas' not in sys.modules, 'imported'\n"
     )
-    import subprocess
-
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
+    run_python(code)
 
 
 def test_json_body_is_one_valid_array() -> None:
