@@ -272,7 +272,7 @@ _SCALAR_TYPES: Final = {bool: ("bool_", "?"), int: ("int64", "<q"), float: ("flo
 
 
 def _scalar(pa: Any, value: bool | int | float | str, type_: Any = None) -> Any:
-    """An Arrow scalar built from its bytes; a null of ``type_`` for None.
+    """An Arrow scalar of ``value`` (of ``type_`` if given), built from its bytes.
 
     pyarrow's conversion of Python values (``pa.scalar``, a Python int given to a compute
     function, ``pa.array`` of a list) imports pandas whenever it is installed: ~0.4 s of CPU
@@ -529,10 +529,10 @@ class _Encoder:
         ]
 
     def warm(self) -> None:
-        """Import DuckDB and numpy and open the connection; the upload starts with it.
+        """Import DuckDB and numpy and open the connection, once.
 
-        ~0.1 s of imports and of DuckDB's first JSON query, run while the other worker reads
-        the first batch instead of before it.
+        An upload runs it first, in a thread of its own: its ~0.1 s of imports and of DuckDB's
+        first JSON query then pass while the worker reads the first batch, not after it.
         """
         if self._con is not None:
             return

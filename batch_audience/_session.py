@@ -128,7 +128,8 @@ def _deadline_note(attempts: int, policy: RetryPolicy) -> str:
 
 
 # aiohttp warns (ResourceWarning) when a bytes body is over 1 MiB, and writes it in one go.
-# A full chunk is 1-4 MB: it goes in slices instead, with a turn for the loop between them.
+# A full chunk is 1-4 MB: it goes in slices instead, each written as the socket takes it (the
+# writer waits for the transport to drain between them, as aiohttp's own streams do).
 # aiohttp's BytesIO payload would do that too, but it copies the body twice on the way
 # (getbuffer, then each read): a large upload spends ~0.05 s per million records on it.
 _SLICE_ABOVE: Final = 1 << 20
