@@ -268,7 +268,8 @@ class _Pooled:
 
 
 _VALUES: Final = {"fill_null": 2}  # functions written in Python: how many values they take
-_SCALAR_TYPES: Final = {bool: ("bool_", "?"), int: ("int64", "<q"), float: ("float64", "<d")}
+_LAYOUTS: Final = {"bool": "?", "int64": "<q", "uint64": "<Q", "double": "<d"}  # struct formats
+_DEFAULT_TYPES: Final = {bool: "bool_", int: "int64", float: "float64"}
 
 
 def _scalar(pa: Any, value: bool | int | float | str, type_: Any = None) -> Any:
@@ -285,11 +286,10 @@ def _scalar(pa: Any, value: bool | int | float | str, type_: Any = None) -> Any:
         return pa.Array.from_buffers(
             pa.string(), 1, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
         )[0]
-    name, layout = _SCALAR_TYPES[type(value)]
-    arrow_type = getattr(pa, name)() if type_ is None else type_
-    if arrow_type == pa.uint64():
-        layout = "<Q"
-    return pa.Array.from_buffers(arrow_type, 1, [None, pa.py_buffer(struct.pack(layout, value))])[0]
+    if type_ is None:
+        type_ = getattr(pa, _DEFAULT_TYPES[type(value)])()
+    data = pa.py_buffer(struct.pack(_LAYOUTS[str(type_)], value))
+    return pa.Array.from_buffers(type_, 1, [None, data])[0]
 
 
 @attrs.frozen
@@ -730,8 +730,8 @@ class _Stream:
                 reader.close()
 
     def _open(self) -> None:
-        # pyarrow.compute is imported after the first batch is read: its ~30 ms of import
-        # then overlap the source's first decoding, which runs without the GIL.
+        # pyarrow.compute is imported with the first step, after the first batch is read: its
+        # ~30 ms of import would otherwise compete with that read.
         pa = self._pa = _import("pyarrow")
         self._pool = pa.system_memory_pool()
         source, self._source = self._source, None
@@ -1303,8 +1303,7 @@ class ParquetRecords(RecordReader):
         if path == STDIN:
             # Parquet keeps its schema and row groups' places at the end of the file.
             raise ValidationError("Parquet cannot be read from stdin: give the file's path")
-        pa = _import("pyarrow")
-        parquet = importlib.import_module("pyarrow.parquet")
+        pa, parquet = _import("pyarrow"), _import("pyarrow.parquet")
         super().__init__((), name=path, skip=skip, ids_only=ids_only)
         try:
             self._file: Any = parquet.ParquetFile(path)
