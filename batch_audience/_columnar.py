@@ -39,6 +39,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import os
 import queue
 import re
 import struct
@@ -49,6 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, cast
 
 import attrs
+import orjson
 
 from ._chunker import Chunk
 from ._exceptions import ValidationError
@@ -471,6 +473,10 @@ class _Job:
     sql: str
     first_sql: str | None  # for a replace's first chunk (no action); None: ``sql`` for all
     bounds: list[tuple[int, int]]  # rows [begin, end) of each chunk in ``table``
+    kinds: tuple[tuple[str, str, bool], ...]  # each attribute column's kind and wire name
+    tags: bool  # the last column is the tags
+    attributes: bool  # entries carry "attributes" (an empty object when no column is left)
+    actions: tuple[str | None, str | None]  # the action of the first chunk, of the others
 
 
 @attrs.frozen
@@ -544,6 +550,50 @@ class _Encoder:
     def bodies(self, job: _Job) -> tuple[list[bytes], Any]:
         """The JSON array of each chunk of ``job``, and the hash of each row's ID."""
         self.warm()
+        if _speedups is not None:
+            written, hashes = self._write(job)
+            if written is not None:
+                return written, hashes
+            # A row the accelerator does not write (bytes that are not UTF-8...): DuckDB
+            # writes the step, the hashes stay the accelerator's, as for every other step.
+            return self._query_bodies(job)[0], hashes
+        return self._query_bodies(job)
+
+    def _write(self, job: _Job) -> tuple[list[bytes] | None, Any]:
+        """The bodies written by the C accelerator (None if a row stops it), and the hashes."""
+        pa, np, pc = self._pa, self._np, self._stream._pc
+        table = job.table
+        columns = [
+            table.column(i).combine_chunks(memory_pool=pc.pool)
+            if table.column(i).num_chunks != 1
+            else table.column(i).chunk(0)
+            for i in range(table.num_columns)
+        ]
+        attributes = []
+        for (kind, wire, _), column in zip(job.kinds, columns[1:], strict=False):
+            attributes.append((orjson.dumps(wire) + b":", _c_column(pa, pc, kind, column)))
+        heads = tuple(
+            b'{"id":' if action is None else b'{"action":"' + action.encode() + b'","id":'
+            for action in job.actions
+        )
+        rows = job.bounds[-1][1]
+        hashes = np.empty(rows, dtype=np.uint64)
+        written = _speedups.write_chunks(
+            heads,
+            _c_column(pa, pc, _STR, columns[0]),
+            b',"attributes":{' if job.attributes else None,
+            attributes,
+            b',"tags":' if job.tags else None,
+            _c_column(pa, pc, _ARRAY, columns[-1]) if job.tags else None,
+            job.bounds,
+            hashes,
+        )
+        # From the buffer: pa.array(hashes) would go through pyarrow's conversion (_scalar).
+        arrow = pa.Array.from_buffers(pa.uint64(), rows, [None, pa.py_buffer(hashes)])
+        return (None if isinstance(written, int) else written), arrow
+
+    def _query_bodies(self, job: _Job) -> tuple[list[bytes], Any]:
+        """The bodies and ID hashes written by DuckDB."""
         pa, con = self._pa, self._con
         con.register("chunk", job.table)
         try:
@@ -889,7 +939,20 @@ class _Stream:
                 # A chunked replace: its first chunk carries no action.
                 first_sql = self._query(self._encoders[0], *shape)
             bounds = [(b, min(b + size, good)) for b in range(0, good, size)]
-            job = _Job(table, self._query(self._encoders[1], *shape), first_sql, bounds)
+            actions = (
+                _action(self._encoders[0] if first_sql is not None else self._encoders[1]),
+                _action(self._encoders[1]),
+            )
+            job = _Job(
+                table,
+                self._query(self._encoders[1], *shape),
+                first_sql,
+                bounds,
+                tuple(kinds),
+                has_tags,
+                bool(plan.attributes),
+                actions,
+            )
             for begin, end in bounds:
                 places.append(
                     (self._index, self._position, end - begin, ids.slice(begin, end - begin))
@@ -996,7 +1059,7 @@ class _Stream:
         ``dense``: no null cell in the step, so each row is one ``to_json`` of a struct (one
         serialisation per row); otherwise strings are joined and a null cell drops its key.
         """
-        action = encoder.operation if encoder.operation != "replace" else None
+        action = _action(encoder)
         shape = (action, kinds, tags, attributes, dense)
         sql = self._sql.get(shape)
         if sql is not None:
@@ -1041,6 +1104,11 @@ class _Stream:
         return sql
 
 
+def _action(encoder: EntryEncoder) -> str | None:
+    """The ``action`` of each entry: none in a replace, whose request says what it does."""
+    return encoder.operation if encoder.operation != "replace" else None
+
+
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -1054,6 +1122,47 @@ def _value_sql(column: str, kind: str, nanos: bool) -> str:
 
 def _struct_value_sql(column: str, kind: str, nanos: bool) -> str:
     return column
+
+
+# The C accelerator's column kinds (_speedups.c).
+_C_STR, _C_FLOAT, _C_INT, _C_UINT, _C_LIST = 0, 2, 3, 4, 5
+_EMPTY: Final = b""
+
+
+def _c_column(pa: Any, pc: Any, kind: str, array: Any) -> tuple[object, ...]:
+    """An attribute column as the accelerator reads it: its kind, offset and buffers."""
+    types = pa.types
+    if kind in (_INT, _UINT64) and not (types.is_int64(array.type) or types.is_uint64(array.type)):
+        array = pc.cast(array, pa.int64())
+    elif kind == _FLOAT:
+        # Arrow writes the shortest text that reads back as the same double; the accelerator
+        # adds ".0" to a whole number, so that it stays a float on the wire.
+        array = pc.cast(array, pa.string())
+    validity = array.buffers()[0] if array.null_count else None
+    if kind in (_INT, _UINT64):
+        code = _C_UINT if types.is_uint64(array.type) else _C_INT
+        return (code, array.offset, False, validity, None, array.buffers()[1])
+    if kind == _ARRAY:
+        items = array.values
+        item_validity = items.buffers()[0] if items.null_count else None
+        _, item_offsets, item_data = items.buffers()
+        return (
+            _C_LIST,
+            array.offset,
+            types.is_large_list(array.type),
+            validity,
+            array.buffers()[1],
+            None,
+            items.offset,
+            types.is_large_string(items.type),
+            item_validity,
+            item_offsets,
+            item_data or _EMPTY,
+        )
+    code = _C_FLOAT if kind == _FLOAT else _C_STR
+    _, offsets, data = array.buffers()
+    wide = types.is_large_string(array.type)
+    return (code, array.offset, wide, validity, offsets, data or _EMPTY)
 
 
 def _any(pc: Any, mask: Any) -> bool:
@@ -1196,6 +1305,19 @@ class _Text:
         offsets = self._offsets
         # The last entry's comma becomes the closing bracket.
         return b"".join((b"[", self._data[offsets[begin] : offsets[end] - 1], b"]"))
+
+
+def _load_speedups() -> Any:
+    """The C accelerator, unless it was not built or BATCH_AUDIENCE_NO_EXTENSIONS is set."""
+    if os.environ.get("BATCH_AUDIENCE_NO_EXTENSIONS"):
+        return None
+    try:
+        return importlib.import_module("batch_audience._speedups")
+    except ImportError:
+        return None
+
+
+_speedups: Any = _load_speedups()
 
 
 def iter_columnar(

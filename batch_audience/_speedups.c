@@ -1,0 +1,543 @@
+/* Optional accelerator of the columnar path: Arrow columns in, JSON chunk bodies out.
+ *
+ * _columnar.py checks every row with pyarrow first; this module only writes the checked rows
+ * as JSON, the way the DuckDB query beside it does, with the GIL released, so the event loop
+ * runs while a step is written. Anything it does not expect (a null list item, bytes that
+ * are not UTF-8) makes it return the row's number instead, and the caller writes that step
+ * with DuckDB. Nothing here is required: without a C compiler the package installs without
+ * it and uses DuckDB for every step.
+ *
+ * Columns come as tuples of buffers (Arrow's own layout: validity bitmap, offsets, data), so
+ * no Arrow header is needed. Each row is written as
+ *     head id [attributes_open (key value){,} "}"] [tags_key list] "}" ","
+ * where a null attribute drops its key and a null tags list drops the tags key.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+enum {
+    K_STR = 0,   /* text written as a JSON string (escaped) */
+    K_RAW = 1,   /* text written as it is (checked numbers and dates) */
+    K_FLOAT = 2, /* Arrow's text of a float64: ".0" added when it reads as an integer */
+    K_INT = 3,   /* int64 values */
+    K_UINT = 4,  /* uint64 values */
+    K_LIST = 5,  /* list of strings, written as a JSON array of strings */
+};
+
+typedef struct {
+    int kind;
+    Py_ssize_t offset; /* the array's offset, in rows */
+    int wide;          /* offsets are int64 (large types), else int32 */
+    int item_wide;     /* K_LIST: the items' offsets are int64 */
+    Py_ssize_t item_offset;
+    Py_buffer validity, offsets, data, item_validity, item_offsets, item_data;
+    int has_validity, has_offsets, has_data, has_item_validity, has_item_offsets, has_item_data;
+    const char *key; /* the attribute's '"name":' (owned by the key object) */
+    Py_ssize_t key_len;
+} Column;
+
+static int64_t offset_at(const void *p, int wide, Py_ssize_t i) {
+    return wide ? ((const int64_t *)p)[i] : (int64_t)((const int32_t *)p)[i];
+}
+
+static int is_valid(const Column *c, Py_ssize_t row) {
+    if (!c->has_validity) return 1;
+    Py_ssize_t bit = c->offset + row;
+    return (((const uint8_t *)c->validity.buf)[bit >> 3] >> (bit & 7)) & 1;
+}
+
+static void release_column(Column *c) {
+    if (c->has_validity) PyBuffer_Release(&c->validity);
+    if (c->has_offsets) PyBuffer_Release(&c->offsets);
+    if (c->has_data) PyBuffer_Release(&c->data);
+    if (c->has_item_validity) PyBuffer_Release(&c->item_validity);
+    if (c->has_item_offsets) PyBuffer_Release(&c->item_offsets);
+    if (c->has_item_data) PyBuffer_Release(&c->item_data);
+    c->has_validity = c->has_offsets = c->has_data = 0;
+    c->has_item_validity = c->has_item_offsets = c->has_item_data = 0;
+}
+
+static int get_buffer(PyObject *obj, Py_buffer *view, int *flag) {
+    if (obj == Py_None) return 0;
+    if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0) return -1;
+    *flag = 1;
+    return 0;
+}
+
+/* (kind, offset, wide, validity, offsets, data[, item_offset, item_wide, item_validity,
+ *  item_offsets, item_data]) */
+static int parse_column(PyObject *spec, Column *c) {
+    memset(c, 0, sizeof(*c));
+    PyObject *validity, *offsets, *data;
+    PyObject *item_validity = Py_None, *item_offsets = Py_None, *item_data = Py_None;
+    Py_ssize_t item_offset = 0;
+    int item_wide = 0;
+    if (!PyTuple_Check(spec)) {
+        PyErr_SetString(PyExc_TypeError, "a column is a tuple");
+        return -1;
+    }
+    if (!PyArg_ParseTuple(spec, "inpOOO|npOOO", &c->kind, &c->offset, &c->wide, &validity,
+                          &offsets, &data, &item_offset, &item_wide, &item_validity,
+                          &item_offsets, &item_data))
+        return -1;
+    c->item_offset = item_offset;
+    c->item_wide = item_wide;
+    if (get_buffer(validity, &c->validity, &c->has_validity) < 0 ||
+        get_buffer(offsets, &c->offsets, &c->has_offsets) < 0 ||
+        get_buffer(data, &c->data, &c->has_data) < 0 ||
+        get_buffer(item_validity, &c->item_validity, &c->has_item_validity) < 0 ||
+        get_buffer(item_offsets, &c->item_offsets, &c->has_item_offsets) < 0 ||
+        get_buffer(item_data, &c->item_data, &c->has_item_data) < 0) {
+        release_column(c);
+        return -1;
+    }
+    int ok;
+    if (c->kind == K_LIST)
+        ok = c->has_offsets && c->has_item_offsets && c->has_item_data;
+    else if (c->kind == K_INT || c->kind == K_UINT)
+        ok = c->has_data;
+    else
+        ok = c->kind >= K_STR && c->kind <= K_FLOAT && c->has_offsets && c->has_data;
+    if (!ok) {
+        release_column(c);
+        PyErr_SetString(PyExc_ValueError, "a column lacks a buffer its kind needs");
+        return -1;
+    }
+    return 0;
+}
+
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+/* Whether any of the 8 bytes in w needs more than a copy: a control character, a quote, a
+ * backslash, or a byte of a multi-byte UTF-8 sequence (checked one by one). */
+static int needs_care(uint64_t w) {
+    uint64_t quote = w ^ (ONES * '"'), backslash = w ^ (ONES * '\\');
+    uint64_t zero_in_quote = (quote - ONES) & ~quote;
+    uint64_t zero_in_backslash = (backslash - ONES) & ~backslash;
+    uint64_t below_space = (w - ONES * 0x20) & ~w;
+    return ((zero_in_quote | zero_in_backslash | below_space) & HIGHS) != 0 || (w & HIGHS) != 0;
+}
+
+/* The most bytes rows [begin, end) of a column can take, besides its key. */
+static Py_ssize_t column_bound(const Column *c, Py_ssize_t begin, Py_ssize_t end) {
+    Py_ssize_t rows = end - begin;
+    const void *off = c->has_offsets ? c->offsets.buf : NULL;
+    switch (c->kind) {
+    case K_STR: /* quotes, and at most 6 bytes (\u00XX) per byte */
+        return 2 * rows + 6 * (Py_ssize_t)(offset_at(off, c->wide, c->offset + end) -
+                                           offset_at(off, c->wide, c->offset + begin));
+    case K_RAW:
+    case K_FLOAT:
+        return 2 * rows + (Py_ssize_t)(offset_at(off, c->wide, c->offset + end) -
+                                       offset_at(off, c->wide, c->offset + begin));
+    case K_INT:
+    case K_UINT:
+        return 21 * rows;
+    default: { /* K_LIST: brackets, then quotes and commas per item, 6 bytes per byte */
+        int64_t first = offset_at(off, c->wide, c->offset + begin);
+        int64_t last = offset_at(off, c->wide, c->offset + end);
+        const void *io = c->item_offsets.buf;
+        int64_t a = offset_at(io, c->item_wide, c->item_offset + first);
+        int64_t b = offset_at(io, c->item_wide, c->item_offset + last);
+        return 2 * rows + 3 * (Py_ssize_t)(last - first) + 6 * (Py_ssize_t)(b - a);
+    }
+    }
+}
+
+static const char HEX[] = "0123456789abcdef";
+
+/* The length of the valid UTF-8 sequence at s (n bytes left), or 0 if it is not one. */
+static int utf8_sequence(const uint8_t *s, Py_ssize_t n) {
+    uint8_t b = s[0];
+    if (b < 0xC2) return 0;
+    if (b < 0xE0) return n >= 2 && (s[1] & 0xC0) == 0x80 ? 2 : 0;
+    if (b < 0xF0) {
+        if (n < 3 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80) return 0;
+        if (b == 0xE0 && s[1] < 0xA0) return 0; /* overlong */
+        if (b == 0xED && s[1] >= 0xA0) return 0; /* surrogates */
+        return 3;
+    }
+    if (b < 0xF5) {
+        if (n < 4 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80 || (s[3] & 0xC0) != 0x80)
+            return 0;
+        if (b == 0xF0 && s[1] < 0x90) return 0; /* overlong */
+        if (b == 0xF4 && s[1] >= 0x90) return 0; /* beyond U+10FFFF */
+        return 4;
+    }
+    return 0;
+}
+
+/* Writes s as a JSON string; returns the end, or NULL if s is not UTF-8. */
+static char *write_string(char *out, const uint8_t *s, Py_ssize_t n) {
+    *out++ = '"';
+    Py_ssize_t i = 0;
+    while (i < n) {
+        Py_ssize_t run = i;
+        while (run + 8 <= n) {
+            uint64_t w;
+            memcpy(&w, s + run, 8);
+            if (needs_care(w)) break;
+            run += 8;
+        }
+        while (run < n && s[run] >= 0x20 && s[run] < 0x80 && s[run] != '"' && s[run] != '\\')
+            run++;
+        memcpy(out, s + i, run - i);
+        out += run - i;
+        i = run;
+        if (i == n) break;
+        uint8_t b = s[i];
+        if (b >= 0x80) {
+            int len = utf8_sequence(s + i, n - i);
+            if (!len) return NULL;
+            memcpy(out, s + i, len);
+            out += len;
+            i += len;
+            continue;
+        }
+        *out++ = '\\';
+        switch (b) {
+        case '"': *out++ = '"'; break;
+        case '\\': *out++ = '\\'; break;
+        case '\b': *out++ = 'b'; break;
+        case '\f': *out++ = 'f'; break;
+        case '\n': *out++ = 'n'; break;
+        case '\r': *out++ = 'r'; break;
+        case '\t': *out++ = 't'; break;
+        default:
+            *out++ = 'u';
+            *out++ = '0';
+            *out++ = '0';
+            *out++ = HEX[b >> 4];
+            *out++ = HEX[b & 15];
+        }
+        i++;
+    }
+    *out++ = '"';
+    return out;
+}
+
+static char *write_uint(char *out, uint64_t v) {
+    char digits[20];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n) *out++ = digits[--n];
+    return out;
+}
+
+static const uint8_t *text_at(const Column *c, Py_ssize_t row, Py_ssize_t *len) {
+    const void *off = c->offsets.buf;
+    int64_t a = offset_at(off, c->wide, c->offset + row);
+    int64_t b = offset_at(off, c->wide, c->offset + row + 1);
+    *len = (Py_ssize_t)(b - a);
+    return (const uint8_t *)c->data.buf + a;
+}
+
+/* Writes one value; returns the end, or NULL if the row cannot be written here. */
+static char *write_value(char *out, const Column *c, Py_ssize_t row) {
+    Py_ssize_t n;
+    const uint8_t *s;
+    switch (c->kind) {
+    case K_STR:
+        s = text_at(c, row, &n);
+        return write_string(out, s, n);
+    case K_RAW:
+        s = text_at(c, row, &n);
+        memcpy(out, s, n);
+        return out + n;
+    case K_FLOAT: {
+        s = text_at(c, row, &n);
+        int integral = n > 0;
+        for (Py_ssize_t i = 0; i < n; i++)
+            if (!((s[i] >= '0' && s[i] <= '9') || s[i] == '-')) integral = 0;
+        memcpy(out, s, n);
+        out += n;
+        if (integral) {
+            *out++ = '.';
+            *out++ = '0';
+        }
+        return out;
+    }
+    case K_INT: {
+        int64_t v = ((const int64_t *)c->data.buf)[c->offset + row];
+        if (v < 0) {
+            *out++ = '-';
+            return write_uint(out, (uint64_t)0 - (uint64_t)v);
+        }
+        return write_uint(out, (uint64_t)v);
+    }
+    case K_UINT:
+        return write_uint(out, ((const uint64_t *)c->data.buf)[c->offset + row]);
+    default: { /* K_LIST */
+        int64_t first = offset_at(c->offsets.buf, c->wide, c->offset + row);
+        int64_t last = offset_at(c->offsets.buf, c->wide, c->offset + row + 1);
+        const void *io = c->item_offsets.buf;
+        const uint8_t *bytes = c->item_data.buf;
+        *out++ = '[';
+        for (int64_t item = first; item < last; item++) {
+            Py_ssize_t at = c->item_offset + (Py_ssize_t)item;
+            if (c->has_item_validity &&
+                !((((const uint8_t *)c->item_validity.buf)[at >> 3] >> (at & 7)) & 1))
+                return NULL; /* a null item breaks a rule the checks enforce */
+            if (item > first) *out++ = ',';
+            int64_t a = offset_at(io, c->item_wide, at);
+            int64_t b = offset_at(io, c->item_wide, at + 1);
+            out = write_string(out, bytes + a, (Py_ssize_t)(b - a));
+            if (!out) return NULL;
+        }
+        *out++ = ']';
+        return out;
+    }
+    }
+}
+
+/* A 64-bit hash of a byte string, 8 bytes at a time (collisions only cost a wait upstream). */
+static uint64_t hash_bytes(const uint8_t *s, Py_ssize_t n) {
+    const uint64_t k = 0x9E3779B97F4A7C15ULL;
+    uint64_t h = 0x2545F4914F6CDD1DULL ^ ((uint64_t)n * k);
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        h = (h ^ (w * k)) * 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 31;
+        s += 8;
+        n -= 8;
+    }
+    if (n) {
+        uint64_t w = 0;
+        memcpy(&w, s, (size_t)n);
+        h = (h ^ (w * k)) * 0xBF58476D1CE4E5B9ULL;
+        h ^= h >> 31;
+    }
+    h ^= h >> 33;
+    h *= 0xFF51AFD7ED558CCDULL;
+    h ^= h >> 33;
+    return h;
+}
+
+typedef struct {
+    const char *p;
+    Py_ssize_t n;
+} Text;
+
+static int get_text(PyObject *obj, Text *t) {
+    if (obj == Py_None) {
+        t->p = NULL;
+        t->n = 0;
+        return 0;
+    }
+    char *p;
+    if (PyBytes_AsStringAndSize(obj, &p, &t->n) < 0) return -1;
+    t->p = p;
+    return 0;
+}
+
+#define PUT(text)                                                                              \
+    do {                                                                                       \
+        memcpy(out, (text).p, (text).n);                                                       \
+        out += (text).n;                                                                       \
+    } while (0)
+
+PyDoc_STRVAR(write_chunks_doc,
+             "write_chunks(heads, ids, attributes_open, attributes, tags_key, tags, bounds, "
+             "hashes)\n--\n\n"
+             "Each chunk's JSON array of entries, or the number of the first row that cannot "
+             "be written here.");
+
+static PyObject *write_chunks(PyObject *self, PyObject *args) {
+    PyObject *heads, *ids_spec, *open_obj, *attribute_specs, *tags_key_obj, *tags_spec, *bounds;
+    Py_buffer hashes;
+    if (!PyArg_ParseTuple(args, "OOOOOOOw*", &heads, &ids_spec, &open_obj, &attribute_specs,
+                          &tags_key_obj, &tags_spec, &bounds, &hashes))
+        return NULL;
+    PyObject *result = NULL, *bodies = NULL;
+    Column ids;
+    Column *columns = NULL;
+    Column tags;
+    int have_ids = 0, have_tags = 0;
+    Py_ssize_t ncolumns = 0, parsed = 0, nbounds = 0;
+    Py_ssize_t *begins = NULL, *ends = NULL, *sizes = NULL;
+    Text head_first, head_rest, open_text, tags_key;
+    char **starts = NULL;
+    Py_ssize_t failed = -1;
+
+    if (!PyTuple_Check(heads) || PyTuple_GET_SIZE(heads) != 2 || !PyList_Check(attribute_specs) ||
+        !PyList_Check(bounds)) {
+        PyErr_SetString(PyExc_TypeError, "heads is a pair, attributes and bounds are lists");
+        goto done;
+    }
+    if (get_text(PyTuple_GET_ITEM(heads, 0), &head_first) < 0 ||
+        get_text(PyTuple_GET_ITEM(heads, 1), &head_rest) < 0 || get_text(open_obj, &open_text) < 0 ||
+        get_text(tags_key_obj, &tags_key) < 0)
+        goto done;
+    if (parse_column(ids_spec, &ids) < 0) goto done;
+    have_ids = 1;
+    if (ids.kind != K_STR) {
+        PyErr_SetString(PyExc_ValueError, "IDs are strings");
+        goto done;
+    }
+    if (tags_spec != Py_None) {
+        if (parse_column(tags_spec, &tags) < 0) goto done;
+        have_tags = 1;
+    }
+    ncolumns = PyList_GET_SIZE(attribute_specs);
+    columns = PyMem_Calloc(ncolumns ? ncolumns : 1, sizeof(Column));
+    if (!columns) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; parsed < ncolumns; parsed++) {
+        PyObject *pair = PyList_GET_ITEM(attribute_specs, parsed);
+        PyObject *key, *spec;
+        if (!PyArg_ParseTuple(pair, "SO", &key, &spec)) goto done;
+        if (parse_column(spec, &columns[parsed]) < 0) goto done;
+        columns[parsed].key = PyBytes_AS_STRING(key);
+        columns[parsed].key_len = PyBytes_GET_SIZE(key);
+    }
+    nbounds = PyList_GET_SIZE(bounds);
+    begins = PyMem_Calloc(nbounds ? nbounds : 1, sizeof(Py_ssize_t));
+    ends = PyMem_Calloc(nbounds ? nbounds : 1, sizeof(Py_ssize_t));
+    starts = PyMem_Calloc(nbounds ? nbounds : 1, sizeof(char *));
+    if (!begins || !ends || !starts) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t rows = 0;
+    for (Py_ssize_t i = 0; i < nbounds; i++) {
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(bounds, i), "nn", &begins[i], &ends[i])) goto done;
+        if (begins[i] < rows || ends[i] <= begins[i]) {
+            PyErr_SetString(PyExc_ValueError, "bounds are consecutive, non-empty row ranges");
+            goto done;
+        }
+        rows = ends[i];
+    }
+    if (hashes.len < rows * (Py_ssize_t)sizeof(uint64_t)) {
+        PyErr_SetString(PyExc_ValueError, "hashes holds fewer than one uint64 per row");
+        goto done;
+    }
+    bodies = PyList_New(nbounds);
+    sizes = PyMem_Calloc(nbounds ? nbounds : 1, sizeof(Py_ssize_t));
+    if (!bodies || !sizes) {
+        if (!sizes) PyErr_NoMemory();
+        goto done;
+    }
+    uint64_t *hash_out = hashes.buf;
+    Py_BEGIN_ALLOW_THREADS
+    /* Every row's hash, even when a row cannot be written here: the caller still needs them. */
+    for (Py_ssize_t row = 0; row < rows; row++) {
+        Py_ssize_t n;
+        const uint8_t *id = text_at(&ids, row, &n);
+        hash_out[row] = hash_bytes(id, n);
+    }
+    /* Each body's largest size (every byte escaped); only the pages written are touched. */
+    for (Py_ssize_t i = 0; i < nbounds; i++) {
+        Py_ssize_t b = begins[i], e = ends[i];
+        Py_ssize_t per_row = (i == 0 ? head_first.n : head_rest.n) + 2 + 1;
+        Py_ssize_t size = 2 + (e - b) * per_row + column_bound(&ids, b, e);
+        if (ncolumns || open_text.n) {
+            size += (e - b) * (open_text.n + 1);
+            for (Py_ssize_t k = 0; k < ncolumns; k++)
+                size += (e - b) * (columns[k].key_len + 1) + column_bound(&columns[k], b, e);
+        }
+        if (have_tags) size += (e - b) * tags_key.n + column_bound(&tags, b, e);
+        sizes[i] = size;
+    }
+    Py_END_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < nbounds; i++) {
+        PyObject *body = PyBytes_FromStringAndSize(NULL, sizes[i]);
+        if (!body) goto done;
+        PyList_SET_ITEM(bodies, i, body);
+        starts[i] = PyBytes_AS_STRING(body);
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < nbounds && failed < 0; i++) {
+        char *out = starts[i];
+        const Text *head = i == 0 ? &head_first : &head_rest;
+        *out++ = '[';
+        for (Py_ssize_t row = begins[i]; row < ends[i]; row++) {
+            Py_ssize_t n;
+            const uint8_t *id = text_at(&ids, row, &n);
+            PUT(*head);
+            out = is_valid(&ids, row) ? write_string(out, id, n) : NULL;
+            if (!out) {
+                failed = row;
+                break;
+            }
+            if (open_text.p) {
+                PUT(open_text);
+                int any = 0;
+                for (Py_ssize_t k = 0; k < ncolumns && out; k++) {
+                    const Column *c = &columns[k];
+                    if (!is_valid(c, row)) continue;
+                    if (any) *out++ = ',';
+                    any = 1;
+                    memcpy(out, c->key, c->key_len);
+                    out = write_value(out + c->key_len, c, row);
+                }
+                if (!out) {
+                    failed = row;
+                    break;
+                }
+                *out++ = '}';
+            }
+            if (have_tags && is_valid(&tags, row)) {
+                PUT(tags_key);
+                out = write_value(out, &tags, row);
+                if (!out) {
+                    failed = row;
+                    break;
+                }
+            }
+            *out++ = '}';
+            *out++ = ',';
+        }
+        if (failed < 0) {
+            out[-1] = ']'; /* the last entry's comma closes the array */
+            starts[i] = out;  /* now the end */
+        }
+    }
+    Py_END_ALLOW_THREADS
+    if (failed >= 0) {
+        result = PyLong_FromSsize_t(failed);
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < nbounds; i++) {
+        PyObject *body = PyList_GET_ITEM(bodies, i);
+        Py_ssize_t len = starts[i] - PyBytes_AS_STRING(body);
+        PyList_SET_ITEM(bodies, i, NULL);
+        if (_PyBytes_Resize(&body, len) < 0) goto done;
+        PyList_SET_ITEM(bodies, i, body);
+    }
+    result = bodies;
+    bodies = NULL;
+done:
+    Py_XDECREF(bodies);
+    if (have_ids) release_column(&ids);
+    if (have_tags) release_column(&tags);
+    for (Py_ssize_t k = 0; k < parsed; k++) release_column(&columns[k]);
+    PyMem_Free(columns);
+    PyMem_Free(begins);
+    PyMem_Free(ends);
+    PyMem_Free(sizes);
+    PyMem_Free(starts);
+    PyBuffer_Release(&hashes);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"write_chunks", write_chunks, METH_VARARGS, write_chunks_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_speedups",
+    "Optional accelerator of the columnar path: checked Arrow columns written as JSON.", -1,
+    methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }
