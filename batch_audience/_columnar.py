@@ -473,7 +473,7 @@ class _Job:
     sql: str
     first_sql: str | None  # for a replace's first chunk (no action); None: ``sql`` for all
     bounds: list[tuple[int, int]]  # rows [begin, end) of each chunk in ``table``
-    kinds: tuple[tuple[str, str, bool], ...]  # each attribute column's kind and wire name
+    kinds: tuple[tuple[str, str, str], ...]  # each attribute column's kind, wire name, unit
     tags: bool  # the last column is the tags
     attributes: bool  # entries carry "attributes" (an empty object when no column is left)
     actions: tuple[str | None, str | None]  # the action of the first chunk, of the others
@@ -535,17 +535,25 @@ class _Encoder:
         ]
 
     def warm(self) -> None:
-        """Import DuckDB and numpy and open the connection, once.
+        """Import pyarrow and numpy, and DuckDB when it writes the JSON, once.
 
         An upload runs it first, in a thread of its own: its ~0.1 s of imports and of DuckDB's
-        first JSON query then pass while the worker reads the first batch, not after it.
+        first JSON query then pass while the worker reads the first batch, not after it. With
+        the C accelerator DuckDB is only needed for a repeated ID or a row the accelerator
+        does not write, and is imported then.
         """
-        if self._con is not None:
-            return
-        self._pa, self._np = _import("pyarrow"), _import("numpy")
-        con = _import("duckdb").connect(":memory:", config={"threads": 1})
-        con.sql("SELECT to_json({'a': 1}) || ',', hash('a')").fetchall()
-        self._con = con
+        if self._pa is None:
+            self._pa, self._np = _import("pyarrow"), _import("numpy")
+        if _speedups is None:
+            self._connection()
+
+    def _connection(self) -> Any:
+        """The DuckDB connection, opened on first use."""
+        if self._con is None:
+            con = _import("duckdb").connect(":memory:", config={"threads": 1})
+            con.sql("SELECT to_json({'a': 1}) || ',', hash('a')").fetchall()
+            self._con = con
+        return self._con
 
     def bodies(self, job: _Job) -> tuple[list[bytes], Any]:
         """The JSON array of each chunk of ``job``, and the hash of each row's ID."""
@@ -556,7 +564,7 @@ class _Encoder:
                 return written, hashes
             # A row the accelerator does not write (bytes that are not UTF-8...): DuckDB
             # writes the step, the hashes stay the accelerator's, as for every other step.
-            return self._query_bodies(job)[0], hashes
+            return self._query_bodies(self._with_texts(job))[0], hashes
         return self._query_bodies(job)
 
     def _write(self, job: _Job) -> tuple[list[bytes] | None, Any]:
@@ -592,9 +600,20 @@ class _Encoder:
         arrow = pa.Array.from_buffers(pa.uint64(), rows, [None, pa.py_buffer(hashes)])
         return (None if isinstance(written, int) else written), arrow
 
+    def _with_texts(self, job: _Job) -> _Job:
+        """``job`` with its timestamps as text, as DuckDB's query reads them."""
+        pa, pc = self._pa, self._stream._pc
+        table = job.table
+        for number, (kind, _, unit) in enumerate(job.kinds, start=1):
+            if kind == _TS:
+                column = table.column(number).combine_chunks(memory_pool=pc.pool)
+                text = _timestamp_text(pa, pc, column, unit, None)
+                table = table.set_column(number, f"c{number}", text)
+        return attrs.evolve(job, table=table)
+
     def _query_bodies(self, job: _Job) -> tuple[list[bytes], Any]:
         """The bodies and ID hashes written by DuckDB."""
-        pa, con = self._pa, self._con
+        pa, con = self._pa, self._connection()
         con.register("chunk", job.table)
         try:
             result = con.sql(job.sql).to_arrow_table()
@@ -622,12 +641,10 @@ class _Encoder:
         cover. A hash collision only reports an overlap that is not there: a chunk then waits,
         never more.
         """
-        pa, np = self._pa, self._np
+        np = self._np
         recent = self._recent
         known_from = recent[0][1] if recent else first
-        # From the buffer: Array.to_numpy goes through pyarrow's pandas shim (see _scalar).
-        raw = np.frombuffer(hashes.buffers()[1], dtype=np.uint64)
-        ordered = np.sort(raw[hashes.offset : hashes.offset + len(hashes)])
+        ordered = np.sort(_hash_values(np, hashes))
         # One stable sort of already sorted runs is a merge: cheap. Equal neighbours = a repeat.
         merged = np.concatenate([*(s for _, _, s in recent), ordered])
         merged.sort(kind="stable")
@@ -642,31 +659,34 @@ class _Encoder:
         if not repeats:
             return {}, known_from
         size = self._stream._size
-        window = pa.concat_tables(
-            [pa.table({"h": h, "n": self._chunk_numbers(n, len(h), size)}) for h, n, _ in full]
+        ids = np.concatenate([_hash_values(np, h) for h, _, _ in full])
+        numbers = np.concatenate(
+            [np.arange(len(h), dtype=np.int64) // size + n for h, n, _ in full]
         )
-        current = window.slice(len(window) - len(hashes))
-        con = self._con
-        con.register("cur", current)
-        con.register("win", window)
-        try:
-            pairs = con.sql(
-                "SELECT DISTINCT c.n, w.n FROM cur c JOIN win w ON c.h = w.h AND w.n < c.n"
-            ).fetchall()
-        finally:
-            con.unregister("cur")
-            con.unregister("win")
+        # Only the rows whose hash repeats (few) are paired: each distinct (hash, chunk) once,
+        # sorted by hash, then chunk.
+        picked = np.isin(ids, merged[1:][merged[1:] == merged[:-1]])
+        ids, numbers = ids[picked], numbers[picked]
+        order = np.lexsort((numbers, ids))
+        ids, numbers = ids[order], numbers[order]
+        distinct = np.ones(len(ids), dtype=bool)
+        distinct[1:] = (ids[1:] != ids[:-1]) | (numbers[1:] != numbers[:-1])
+        ids, numbers = ids[distinct], numbers[distinct]
+        # Row i and row i - d share a hash when their hashes are equal (a hash's rows are
+        # consecutive); the later chunk is then i's. No pair at distance d: none further.
+        pairs = []
+        for d in range(1, len(ids)):
+            same = ids[d:] == ids[:-d]
+            if not same.any():
+                break
+            later, earlier = numbers[d:][same], numbers[:-d][same]
+            new = later >= first
+            pairs.append(np.stack([later[new], earlier[new]], axis=1))
         found: dict[int, set[int]] = {}
-        for later, earlier in pairs:
-            found.setdefault(later, set()).add(earlier)
+        if pairs:
+            for later, earlier in np.unique(np.concatenate(pairs), axis=0).tolist():
+                found.setdefault(later, set()).add(earlier)
         return {n: frozenset(e) for n, e in found.items()}, known_from
-
-    def _chunk_numbers(self, first: int, rows: int, size: int) -> Any:
-        """Each row's chunk number: every step but the stream's last is whole chunks."""
-        np, pa = self._np, self._pa
-        numbers = np.arange(rows, dtype=np.int64) // size + first
-        # From the buffer: pa.array(numbers) would go through pyarrow's conversion (_scalar).
-        return pa.Array.from_buffers(pa.int64(), rows, [None, pa.py_buffer(numbers)])
 
     def close(self) -> None:
         """Close the connection; safe to call more than once."""
@@ -888,10 +908,13 @@ class _Stream:
         assert plan is not None
         rows = batch.num_rows
         ids = _plain_text(pa, pc, batch.column(plan.id_index))
-        suspects = [_mask_rows(pc, pc.fill_null(pc.equal(pc.binary_length(ids), 0), True))]
+        suspects = [
+            _mask_rows(pc, pc.fill_null(pc.equal(pc.binary_length(ids), 0), True)),
+            _not_utf8(pa, pc, _STR, ids),
+        ]
         out_of_range: dict[int, Any] = {}
         columns = [ids]
-        kinds: list[tuple[str, str, bool]] = []
+        kinds: list[tuple[str, str, str]] = []
         for attribute in plan.attributes:
             if attribute.kind == _NULL:
                 continue
@@ -902,15 +925,16 @@ class _Stream:
                 if bad is not None:
                     out_of_range[attribute.index] = bad
                     suspects.append(_mask_rows(pc, bad))
-                column = _timestamp_text(pa, pc, column, attribute.unit, bad)
+                if _speedups is None:  # the accelerator writes the text itself
+                    column = _timestamp_text(pa, pc, column, attribute.unit, bad)
             columns.append(column)
-            kinds.append((attribute.kind, attribute.wire, attribute.unit == "ns"))
+            kinds.append((attribute.kind, attribute.wire, attribute.unit))
         has_tags = False
         if plan.tags_index is not None and not pa.types.is_null(
             batch.schema.field(plan.tags_index).type
         ):
             tags = _plain_list(pa, pc, batch.column(plan.tags_index))
-            suspects.append(_tag_rows(pc, tags))
+            suspects += [_tag_rows(pc, tags), _not_utf8(pa, pc, _ARRAY, tags)]
             columns.append(tags)
             has_tags = True
         error: ValidationError | None = None
@@ -969,6 +993,7 @@ class _Stream:
         if kind in (_STR, _DATE_TEXT, _URL_TEXT):
             column = _plain_text(pa, pc, column)
             lengths = pc.binary_length(column)
+            found.append(_not_utf8(pa, pc, _STR, column))
         if kind == _STR:
             long = pc.greater(lengths, MAX_STRING_LENGTH)
             if _any(pc, long):
@@ -998,6 +1023,7 @@ class _Stream:
         elif kind == _ARRAY:
             column = _plain_list(pa, pc, column)
             found.append(_mask_rows(pc, pc.greater(pc.list_value_length(column), MAX_ARRAY_ITEMS)))
+            found.append(_not_utf8(pa, pc, _ARRAY, column))
             items = pc.list_flatten(column)
             bad = pc.fill_null(pc.greater(pc.binary_length(items), MAX_STRING_LENGTH), True)
             if _any(pc, bad):
@@ -1014,7 +1040,14 @@ class _Stream:
             position = self._position + row
             first_chunk = self._index + row // self._size == 0
             encoder = self._encoders[0] if first_chunk else self._encoders[1]
-            rid = batch.column(plan.id_index)[row].as_py()
+            try:
+                rid = batch.column(plan.id_index)[row].as_py()
+            except UnicodeDecodeError:
+                return ValidationError(
+                    "the ID is not UTF-8 text",
+                    position=position,
+                    record_id=_raw_text(self._pa, self._pc, batch.column(plan.id_index), row),
+                )
             record: dict[str, Any] = {"id": rid}
             attributes: dict[str, Any] = {}
             try:
@@ -1034,13 +1067,15 @@ class _Stream:
                         continue
                     if attribute.kind == _NULL:
                         continue
-                    value = batch.column(attribute.index)[row].as_py()
+                    what = f"attribute {attribute.name!r}"
+                    value = _decoded(batch.column(attribute.index), row, what, position, rid)
                     if value is not None:
                         attributes[attribute.name] = value
                 if plan.attributes:
                     record["attributes"] = attributes
                 if plan.tags_index is not None:
-                    record["tags"] = batch.column(plan.tags_index)[row].as_py()
+                    tags = batch.column(plan.tags_index)
+                    record["tags"] = _decoded(tags, row, "a tag", position, rid)
                 encoder.encode(record, position)
             except ValidationError as exc:
                 return exc
@@ -1049,7 +1084,7 @@ class _Stream:
     def _query(
         self,
         encoder: EntryEncoder,
-        kinds: tuple[tuple[str, str, bool], ...],
+        kinds: tuple[tuple[str, str, str], ...],
         tags: bool,
         attributes: bool,
         dense: bool,
@@ -1070,8 +1105,8 @@ class _Stream:
             ]
             if attributes:
                 values = ", ".join(
-                    f"{_literal(wire)}: {_struct_value_sql(f'c{number}', kind, nanos)}"
-                    for number, (kind, wire, nanos) in enumerate(kinds, start=1)
+                    f"{_literal(wire)}: c{number}"
+                    for number, (_, wire, _) in enumerate(kinds, start=1)
                 )
                 # An empty struct is not valid SQL: no attribute column left means {}.
                 fields.append(
@@ -1085,11 +1120,11 @@ class _Stream:
             parts = [_literal(head), "to_json(c0)"]
             if attributes:
                 pieces = []
-                for number, (kind, wire, nanos) in enumerate(kinds, start=1):
+                for number, (kind, wire, _) in enumerate(kinds, start=1):
                     # '"key":' || NULL is NULL, and concat_ws skips NULLs: a null cell drops
                     # its key.
                     key = _literal(f'"{wire}":')
-                    pieces.append(f"{key} || {_value_sql(f'c{number}', kind, nanos)}")
+                    pieces.append(f"{key} || {_value_sql(f'c{number}', kind)}")
                 inner = f"concat_ws(',', {', '.join(pieces)})" if pieces else "''"
                 parts += [_literal(',"attributes":{'), inner, _literal("}")]
             if tags:
@@ -1113,19 +1148,64 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _value_sql(column: str, kind: str, nanos: bool) -> str:
+def _value_sql(column: str, kind: str) -> str:
     if kind in (_INT, _UINT64):
         return f"{column}::VARCHAR"
     # Timestamps arrive as their text already (see _timestamp_text).
     return f"to_json({column})"
 
 
-def _struct_value_sql(column: str, kind: str, nanos: bool) -> str:
-    return column
+def _decoded(column: Any, row: int, what: str, position: int, rid: str) -> Any:
+    """A cell's Python value; ValidationError if its text is not UTF-8."""
+    try:
+        return column[row].as_py()
+    except UnicodeDecodeError:
+        raise ValidationError(
+            f"{what} is not UTF-8 text", position=position, record_id=rid
+        ) from None
+
+
+def _raw_text(pa: Any, pc: Any, column: Any, row: int) -> str:
+    """A text cell that is not UTF-8, shown with its bad bytes escaped."""
+    text = _plain_text(pa, pc, column).slice(row, 1)
+    binary = pa.large_binary() if pa.types.is_large_string(text.type) else pa.binary()
+    raw: bytes = text.view(binary)[0].as_py()
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _not_utf8(pa: Any, pc: Any, kind: str, column: Any) -> Any:
+    """The first row of a text or list column whose text is not UTF-8 (an index array), or None.
+
+    Arrow does not check that string data is UTF-8 when a table is built from buffers; such
+    bytes would reach the request as they are.
+    """
+    row = -1
+    if _speedups is not None:
+        row = _speedups.first_not_utf8(_c_column(pa, pc, kind, column), len(column))
+    else:
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid:
+            for at in range(len(column)):
+                try:
+                    column[at].as_py()
+                except UnicodeDecodeError:
+                    row = at
+                    break
+    if row < 0:
+        return None
+    return pa.Array.from_buffers(pa.int64(), 1, [None, pa.py_buffer(struct.pack("<q", row))])
+
+
+def _hash_values(np: Any, hashes: Any) -> Any:
+    """An Arrow uint64 array's values as numpy's, without a copy."""
+    # From the buffer: Array.to_numpy goes through pyarrow's pandas shim (see _scalar).
+    raw = np.frombuffer(hashes.buffers()[1], dtype=np.uint64)
+    return raw[hashes.offset : hashes.offset + len(hashes)]
 
 
 # The C accelerator's column kinds (_speedups.c).
-_C_STR, _C_FLOAT, _C_INT, _C_UINT, _C_LIST = 0, 2, 3, 4, 5
+_C_STR, _C_FLOAT, _C_INT, _C_UINT, _C_LIST, _C_TS = 0, 2, 3, 4, 5, 6
 _EMPTY: Final = b""
 
 
@@ -1142,6 +1222,9 @@ def _c_column(pa: Any, pc: Any, kind: str, array: Any) -> tuple[object, ...]:
     if kind in (_INT, _UINT64):
         code = _C_UINT if types.is_uint64(array.type) else _C_INT
         return (code, array.offset, False, validity, None, array.buffers()[1])
+    if kind == _TS:
+        per_second = _PER_SECOND[array.type.unit]
+        return (_C_TS, array.offset, False, validity, None, array.buffers()[1], per_second)
     if kind == _ARRAY:
         items = array.values
         item_validity = items.buffers()[0] if items.null_count else None

@@ -24,6 +24,7 @@ enum {
     K_INT = 3,   /* int64 values */
     K_UINT = 4,  /* uint64 values */
     K_LIST = 5,  /* list of strings, written as a JSON array of strings */
+    K_TS = 6,    /* int64 timestamps, UTC, written as the library's date text */
 };
 
 typedef struct {
@@ -31,7 +32,7 @@ typedef struct {
     Py_ssize_t offset; /* the array's offset, in rows */
     int wide;          /* offsets are int64 (large types), else int32 */
     int item_wide;     /* K_LIST: the items' offsets are int64 */
-    Py_ssize_t item_offset;
+    Py_ssize_t item_offset; /* K_LIST: the items' offset; K_TS: the unit, in parts of a second */
     Py_buffer validity, offsets, data, item_validity, item_offsets, item_data;
     int has_validity, has_offsets, has_data, has_item_validity, has_item_offsets, has_item_data;
     const char *key; /* the attribute's '"name":' (owned by the key object) */
@@ -94,12 +95,17 @@ static int parse_column(PyObject *spec, Column *c) {
         return -1;
     }
     int ok;
-    if (c->kind == K_LIST)
+    if (c->kind < K_STR || c->kind > K_TS)
+        ok = 0;
+    else if (c->kind == K_LIST)
         ok = c->has_offsets && c->has_item_offsets && c->has_item_data;
     else if (c->kind == K_INT || c->kind == K_UINT)
         ok = c->has_data;
+    else if (c->kind == K_TS)
+        ok = c->has_data && (item_offset == 1 || item_offset == 1000 || item_offset == 1000000 ||
+                             item_offset == 1000000000);
     else
-        ok = c->kind >= K_STR && c->kind <= K_FLOAT && c->has_offsets && c->has_data;
+        ok = c->has_offsets && c->has_data;
     if (!ok) {
         release_column(c);
         PyErr_SetString(PyExc_ValueError, "a column lacks a buffer its kind needs");
@@ -136,6 +142,8 @@ static Py_ssize_t column_bound(const Column *c, Py_ssize_t begin, Py_ssize_t end
     case K_INT:
     case K_UINT:
         return 21 * rows;
+    case K_TS: /* "YYYY-MM-DDTHH:MM:SS.fffffffffZ" */
+        return 32 * rows;
     default: { /* K_LIST: brackets, then quotes and commas per item, 6 bytes per byte */
         int64_t first = offset_at(off, c->wide, c->offset + begin);
         int64_t last = offset_at(off, c->wide, c->offset + end);
@@ -230,6 +238,63 @@ static char *write_uint(char *out, uint64_t v) {
     return out;
 }
 
+static char *write_digits(char *out, int64_t v, int width) {
+    for (int i = width - 1; i >= 0; i--) {
+        out[i] = (char)('0' + v % 10);
+        v /= 10;
+    }
+    return out + width;
+}
+
+/* A UTC timestamp as _validate._utc_text writes it: seconds, then six digits of fraction when
+ * there is one (nine when it is not a whole microsecond). NULL outside years 1 to 9999. */
+static char *write_timestamp(char *out, int64_t value, int64_t per_second) {
+    int64_t seconds = value / per_second, fraction = value % per_second;
+    if (fraction < 0) {
+        fraction += per_second;
+        seconds -= 1;
+    }
+    int64_t days = seconds / 86400, in_day = seconds % 86400;
+    if (in_day < 0) {
+        in_day += 86400;
+        days -= 1;
+    }
+    /* Howard Hinnant's civil_from_days. */
+    int64_t z = days + 719468;
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097;
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    int64_t mp = (5 * doy + 2) / 153;
+    int64_t day = doy - (153 * mp + 2) / 5 + 1;
+    int64_t month = mp < 10 ? mp + 3 : mp - 9;
+    int64_t year = yoe + era * 400 + (month <= 2);
+    if (year < 1 || year > 9999) return NULL;
+    *out++ = '"';
+    out = write_digits(out, year, 4);
+    *out++ = '-';
+    out = write_digits(out, month, 2);
+    *out++ = '-';
+    out = write_digits(out, day, 2);
+    *out++ = 'T';
+    out = write_digits(out, in_day / 3600, 2);
+    *out++ = ':';
+    out = write_digits(out, in_day / 60 % 60, 2);
+    *out++ = ':';
+    out = write_digits(out, in_day % 60, 2);
+    if (fraction) {
+        int64_t nanos = fraction * (1000000000 / per_second);
+        *out++ = '.';
+        if (nanos % 1000)
+            out = write_digits(out, nanos, 9);
+        else
+            out = write_digits(out, nanos / 1000, 6);
+    }
+    *out++ = 'Z';
+    *out++ = '"';
+    return out;
+}
+
 static const uint8_t *text_at(const Column *c, Py_ssize_t row, Py_ssize_t *len) {
     const void *off = c->offsets.buf;
     int64_t a = offset_at(off, c->wide, c->offset + row);
@@ -273,6 +338,9 @@ static char *write_value(char *out, const Column *c, Py_ssize_t row) {
     }
     case K_UINT:
         return write_uint(out, ((const uint64_t *)c->data.buf)[c->offset + row]);
+    case K_TS:
+        return write_timestamp(out, ((const int64_t *)c->data.buf)[c->offset + row],
+                               c->item_offset);
     default: { /* K_LIST */
         int64_t first = offset_at(c->offsets.buf, c->wide, c->offset + row);
         int64_t last = offset_at(c->offsets.buf, c->wide, c->offset + row + 1);
@@ -529,8 +597,73 @@ done:
     return result;
 }
 
+/* Whether s holds UTF-8 only; ASCII is skipped 8 bytes at a time. */
+static int is_utf8(const uint8_t *s, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    while (i < n) {
+        while (i + 8 <= n) {
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            if (w & HIGHS) break;
+            i += 8;
+        }
+        if (i == n) break;
+        if (s[i] < 0x80) {
+            i++;
+            continue;
+        }
+        int len = utf8_sequence(s + i, n - i);
+        if (!len) return 0;
+        i += len;
+    }
+    return 1;
+}
+
+PyDoc_STRVAR(first_not_utf8_doc,
+             "first_not_utf8(column, rows)\n--\n\n"
+             "The first of the column's rows whose text (or an item of whose list) is not "
+             "UTF-8, or -1.");
+
+static PyObject *first_not_utf8(PyObject *self, PyObject *args) {
+    PyObject *spec;
+    Py_ssize_t rows;
+    Column c;
+    if (!PyArg_ParseTuple(args, "On", &spec, &rows)) return NULL;
+    if (parse_column(spec, &c) < 0) return NULL;
+    if (c.kind != K_STR && c.kind != K_LIST) {
+        release_column(&c);
+        PyErr_SetString(PyExc_ValueError, "only text and lists of text are UTF-8");
+        return NULL;
+    }
+    Py_ssize_t found = -1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t row = 0; row < rows && found < 0; row++) {
+        if (c.kind == K_STR) {
+            Py_ssize_t n;
+            const uint8_t *text = text_at(&c, row, &n);
+            if (!is_utf8(text, n)) found = row;
+            continue;
+        }
+        int64_t first = offset_at(c.offsets.buf, c.wide, c.offset + row);
+        int64_t last = offset_at(c.offsets.buf, c.wide, c.offset + row + 1);
+        for (int64_t item = first; item < last; item++) {
+            Py_ssize_t at = c.item_offset + (Py_ssize_t)item;
+            int64_t a = offset_at(c.item_offsets.buf, c.item_wide, at);
+            int64_t b = offset_at(c.item_offsets.buf, c.item_wide, at + 1);
+            if (!is_utf8((const uint8_t *)c.item_data.buf + a, (Py_ssize_t)(b - a))) {
+                found = row;
+                break;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    release_column(&c);
+    return PyLong_FromSsize_t(found);
+}
+
 static PyMethodDef methods[] = {
     {"write_chunks", write_chunks, METH_VARARGS, write_chunks_doc},
+    {"first_not_utf8", first_not_utf8, METH_VARARGS, first_not_utf8_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -122,13 +122,27 @@ async def test_remove_reads_only_the_ids(
     assert set(server.members("pq")) == {"keep"}
 
 
-async def test_without_the_extra_the_command_says_what_to_install(tmp_path: Path) -> None:
-    """Without duckdb importable, a Parquet upload exits 2 with the install command."""
+@pytest.mark.parametrize(
+    ("module", "extra_env"),
+    [
+        ("pyarrow", {}),
+        ("numpy", {}),
+        # DuckDB writes the JSON only without the C accelerator.
+        ("duckdb", {"BATCH_AUDIENCE_NO_EXTENSIONS": "1"}),
+    ],
+)
+async def test_without_the_extra_the_command_says_what_to_install(
+    tmp_path: Path, module: str, extra_env: dict[str, str]
+) -> None:
+    """Without a module of the extra importable, a Parquet upload exits 2 with the install
+    command."""
     data = write_parquet(tmp_path / "users.parquet", 10)
     shadow = tmp_path / "shadow"
     shadow.mkdir()
-    (shadow / "duckdb.py").write_text("raise ModuleNotFoundError(\"No module named 'duckdb'\")\n")
-    env = environment(None, PYTHONPATH=str(shadow))
+    (shadow / f"{module}.py").write_text(
+        f"raise ModuleNotFoundError(\"No module named '{module}'\")\n"
+    )
+    env = environment(None, PYTHONPATH=str(shadow), **extra_env)
     result = await cli(None, "upload", "any", str(data), "--dry-run", env=env)
     assert result.code == 2
     assert "pip install 'batch-audience[data]'" in result.err

@@ -10,6 +10,7 @@ for a bad row, the same ValidationError (message, position, ID) with the same ch
 from __future__ import annotations
 
 import asyncio
+import os
 import string
 import sys
 import threading
@@ -54,12 +55,50 @@ def records_of(table: pa.Table) -> Iterator[dict[str, Any]]:
         yield record
 
 
+BUILT = _columnar._speedups  # the C accelerator, as this installation has it
+
+
+def accelerator() -> Any:
+    """The C accelerator; a skip where it could not be built, a failure on CI, which can."""
+    if BUILT is None:
+        if os.environ.get("CI"):
+            pytest.fail("the C accelerator was not built: CI machines have a C compiler")
+        pytest.skip("the C accelerator was not built here (no C compiler): DuckDB writes")
+    return BUILT
+
+
+@pytest.fixture(autouse=True, scope="module", params=["accelerated", "duckdb"])
+def engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test here runs twice: JSON written by the C accelerator, then by DuckDB."""
+    built = _columnar._speedups
+    if request.param == "accelerated":
+        accelerator()
+    if request.param == "duckdb":
+        _columnar._speedups = None
+    try:
+        yield request.param
+    finally:
+        _columnar._speedups = built
+
+
+def typed(value: Any) -> Any:
+    """A decoded JSON value in which a float never equals an int (1.0 is not 1 on the wire)."""
+    if isinstance(value, dict):
+        return {key: typed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [typed(item) for item in value]
+    if isinstance(value, float):
+        return ("float", value)
+    return value
+
+
 def outcome(chunks: Iterator[Chunk]) -> Outcome:
-    """The chunks (start, count, decoded entries) until the end or the first error."""
+    """The chunks (start, count, decoded entries, floats told from ints) until the end or the
+    first error."""
     seen: list[tuple[int, int, list[dict[str, Any]]]] = []
     try:
         for chunk in chunks:
-            seen.append((chunk.start, chunk.count, chunk.entries()))
+            seen.append((chunk.start, chunk.count, typed(chunk.entries())))
     except ba.ValidationError as err:
         return seen, (str(err), err.position, err.record_id)
     return seen, ("", None, None)
@@ -629,6 +668,105 @@ def test_iso_texts_of_fixed_and_mixed_widths() -> None:
         "2024-01-02T10:00:00.500000Z",
     ]
     assert _columnar._iso_utc(pa, pc, fixed.slice(1)).to_pylist() == ["9999-12-31T23:59:59Z"]
+
+
+def not_utf8(texts: list[bytes]) -> pa.Array:
+    """A string array over raw bytes: Arrow does not check UTF-8 when built from buffers."""
+    ends = [0]
+    for text in texts:
+        ends.append(ends[-1] + len(text))
+    offsets = pa.py_buffer(b"".join(end.to_bytes(4, "little") for end in ends))
+    return pa.Array.from_buffers(
+        pa.string(), len(texts), [None, offsets, pa.py_buffer(b"".join(texts))]
+    )
+
+
+@pytest.mark.parametrize(
+    ("column", "rule", "record_id"),
+    [
+        ("id", "the ID is not UTF-8 text", "u-\\xff"),
+        ("plan", "attribute 'plan' is not UTF-8 text", "u-12"),
+        ("interests", "attribute 'interests' is not UTF-8 text", "u-12"),
+        ("tags", "a tag is not UTF-8 text", "u-12"),
+    ],
+)
+def test_text_that_is_not_utf8_is_refused_at_its_row(
+    column: str, rule: str, record_id: str
+) -> None:
+    """Bytes that are not UTF-8, in any text column, raise at their row; none are sent."""
+    rows = 25
+    texts = [f"u-{i}".encode() for i in range(rows)]
+    ids = not_utf8([b"u-\xff" if i == 12 and column == "id" else t for i, t in enumerate(texts)])
+    plans = not_utf8([b"pro\xc3(" if i == 12 and column == "plan" else b"pro" for i in range(rows)])
+    items = not_utf8([b"a\xe2\x82" if i == 12 else b"a" for i in range(rows)])
+    lists = pa.ListArray.from_arrays(pa.array(range(rows + 1), pa.int32()), items)
+    good = pa.array([["a"]] * rows)
+    table = pa.table(
+        {
+            "id": ids,
+            "plan": plans,
+            "interests": lists if column == "interests" else good,
+            "tags": lists if column == "tags" else good,
+        }
+    )
+    chunks, error = columnar(table, "1.1")
+    assert error == (f"record 12, id {record_id!r}: {rule}", 12, record_id)
+    assert [count for _, count, _ in chunks] == [10]  # the chunk before row 12's only
+
+
+class Refusing:
+    """The accelerator, but its writer stops at the first row, as it would on a row it cannot
+    write."""
+
+    def __init__(self, real: Any) -> None:
+        self.first_not_utf8 = real.first_not_utf8
+        self._real = real
+        self.calls = 0
+
+    def write_chunks(self, *args: Any) -> Any:
+        self.calls += 1
+        self._real.write_chunks(*args)  # the hashes are written all the same
+        return 0
+
+
+def test_duckdb_writes_a_step_the_accelerator_stops_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row the accelerator does not write: DuckDB writes its step; the hashes stay the same."""
+    refusing = Refusing(accelerator())
+    monkeypatch.setattr(_columnar, "_speedups", refusing)
+    expected, got = both(every_type(), "2", "replace")
+    assert got == expected
+    assert refusing.calls == 3  # a step each: the first chunk, the next whole one, the rest
+    rows = [f"u-{i % 40}" for i in range(100)]
+    chunks = list(iter_columnar(pa.table({"id": rows}), Intake("2", "add"), size=10))
+    assert not chunks[4].ids.isdisjoint(chunks[0].ids)  # a repeat found from the same hashes
+
+
+@pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
+def test_timestamps_of_any_unit_and_fraction(unit: str) -> None:
+    """Timestamps are written as _timestamp_text writes them: fractions of 6 or 9 digits."""
+    per_second = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}[unit]
+    seconds = [-62_135_596_800, -1, 0, 1_700_000_000, 253_402_300_799]
+    fractions = [0, per_second // 2, per_second - 1, per_second // 1000 * 7]
+    values = [
+        s * per_second + f
+        for s in seconds
+        for f in fractions
+        if unit != "ns" or -(2**63) < s * per_second + f < 2**63
+    ]
+    column = pa.array(values, pa.int64()).cast(pa.timestamp(unit, "UTC"))
+    table = pa.table({"id": [f"u-{i}" for i in range(len(values))], "t": column})
+    pc = _columnar._Pooled(pa.compute, pa, pa.system_memory_pool())
+    texts = _columnar._timestamp_text(pa, pc, column, unit, None).to_pylist()
+    chunks, error = columnar(table)
+    assert error == ("", None, None)
+    assert [e["attributes"]["date(t)"] for _, _, entries in chunks for e in entries] == texts
+    assert "2023-11-14T22:13:20Z" in texts
+    if unit != "s":
+        assert "2023-11-14T22:13:20.500000Z" in texts
+    if unit == "ns":
+        assert "2023-11-14T22:13:20.999999999Z" in texts
+    else:  # 64-bit nanoseconds reach back to 1677 only
+        assert texts[0] == "0001-01-01T00:00:00Z" and "9999-12-31T23:59:59Z" in texts
 
 
 def test_batches_are_read_into_memory_of_the_library() -> None:
