@@ -637,7 +637,30 @@ static PyObject *first_not_utf8(PyObject *self, PyObject *args) {
     }
     Py_ssize_t found = -1;
     Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t row = 0; row < rows && found < 0; row++) {
+    /* The rows' bytes are contiguous: when none is above 0x7F (ASCII, the common case), every
+     * row is UTF-8, and rows need not be looked at one by one. */
+    const uint8_t *bytes;
+    int64_t begin, end;
+    if (c.kind == K_STR) {
+        bytes = c.data.buf;
+        begin = offset_at(c.offsets.buf, c.wide, c.offset);
+        end = offset_at(c.offsets.buf, c.wide, c.offset + rows);
+    } else {
+        bytes = c.item_data.buf;
+        begin = offset_at(c.item_offsets.buf, c.item_wide,
+                          c.item_offset + offset_at(c.offsets.buf, c.wide, c.offset));
+        end = offset_at(c.item_offsets.buf, c.item_wide,
+                        c.item_offset + offset_at(c.offsets.buf, c.wide, c.offset + rows));
+    }
+    int ascii = 1;
+    int64_t i = begin;
+    for (; i + 8 <= end && ascii; i += 8) {
+        uint64_t w;
+        memcpy(&w, bytes + i, 8);
+        ascii = !(w & HIGHS);
+    }
+    for (; i < end && ascii; i++) ascii = bytes[i] < 0x80;
+    for (Py_ssize_t row = 0; row < rows && found < 0 && !ascii; row++) {
         if (c.kind == K_STR) {
             Py_ssize_t n;
             const uint8_t *text = text_at(&c, row, &n);
@@ -661,7 +684,83 @@ static PyObject *first_not_utf8(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(found);
 }
 
+/* Whether a tag may break the tag rule: empty, too long, or holding a byte other than
+ * lowercase ASCII (an uppercase letter, or any byte of a non-ASCII character). */
+static int suspect_tag(const uint8_t *s, Py_ssize_t n, Py_ssize_t max_length) {
+    if (n == 0 || n > max_length) return 1;
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        /* A byte in 'A'..'Z' (or above 0x7F): adding 0x7F - 'Z' carries it past 0x7F only
+         * from 'A' up, and adding 0x80 - 'A' would for 'A'..; both, masked, mean the range. */
+        uint64_t low7 = w & (ONES * 0x7F);
+        uint64_t from_a = low7 + ONES * (0x80 - 'A');
+        uint64_t above_z = low7 + ONES * (0x7F - 'Z');
+        if ((w | (from_a & ~above_z)) & HIGHS) return 1;
+    }
+    for (; i < n; i++)
+        if (s[i] >= 0x80 || (s[i] >= 'A' && s[i] <= 'Z')) return 1;
+    return 0;
+}
+
+PyDoc_STRVAR(suspect_tag_rows_doc,
+             "suspect_tag_rows(tags, rows, max_length)\n--\n\n"
+             "The rows of a list-of-text column with a tag that may break the tag rule "
+             "(empty, longer than max_length bytes, null, not lowercase ASCII).");
+
+static PyObject *suspect_tag_rows(PyObject *self, PyObject *args) {
+    PyObject *spec;
+    Py_ssize_t rows, max_length;
+    Column c;
+    if (!PyArg_ParseTuple(args, "Onn", &spec, &rows, &max_length)) return NULL;
+    if (parse_column(spec, &c) < 0) return NULL;
+    if (c.kind != K_LIST) {
+        release_column(&c);
+        PyErr_SetString(PyExc_ValueError, "tags are a list of text");
+        return NULL;
+    }
+    Py_ssize_t *found = PyMem_RawMalloc(sizeof(Py_ssize_t) * (rows ? rows : 1));
+    if (!found) {
+        release_column(&c);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t count = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t row = 0; row < rows; row++) {
+        if (!is_valid(&c, row)) continue; /* no tags: nothing to judge */
+        int64_t first = offset_at(c.offsets.buf, c.wide, c.offset + row);
+        int64_t last = offset_at(c.offsets.buf, c.wide, c.offset + row + 1);
+        for (int64_t item = first; item < last; item++) {
+            Py_ssize_t at = c.item_offset + (Py_ssize_t)item;
+            int64_t a = offset_at(c.item_offsets.buf, c.item_wide, at);
+            int64_t b = offset_at(c.item_offsets.buf, c.item_wide, at + 1);
+            int null = c.has_item_validity &&
+                       !((((const uint8_t *)c.item_validity.buf)[at >> 3] >> (at & 7)) & 1);
+            if (null ||
+                suspect_tag((const uint8_t *)c.item_data.buf + a, (Py_ssize_t)(b - a), max_length)) {
+                found[count++] = row;
+                break;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    release_column(&c);
+    PyObject *result = PyList_New(count);
+    for (Py_ssize_t i = 0; result && i < count; i++) {
+        PyObject *row = PyLong_FromSsize_t(found[i]);
+        if (!row) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, i, row);
+    }
+    PyMem_RawFree(found);
+    return result;
+}
+
 static PyMethodDef methods[] = {
+    {"suspect_tag_rows", suspect_tag_rows, METH_VARARGS, suspect_tag_rows_doc},
     {"write_chunks", write_chunks, METH_VARARGS, write_chunks_doc},
     {"first_not_utf8", first_not_utf8, METH_VARARGS, first_not_utf8_doc},
     {NULL, NULL, 0, NULL},
