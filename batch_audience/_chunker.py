@@ -37,7 +37,7 @@ MAX_HOLD: Final = 0.0005
 _STEP: Final = 50  # records per intake step: between two looks at the clock
 
 
-def _body_repr(body: bytes) -> str:
+def _body_repr(body: bytes | memoryview) -> str:
     # A chunk holds up to 10,000 records with user IDs: never dump them into reprs or logs.
     return "<body>"
 
@@ -53,8 +53,9 @@ class Chunk:
     index: int  # 0-based chunk number in the stream
     start: int  # stream position of the first entry (positions count from the ``start`` offset)
     count: int  # entries in the body
-    # The JSON array of the entries; as EncodedIds, it goes into a request as is.
-    body: bytes = attrs.field(repr=_body_repr)
+    # The JSON array of the entries; as EncodedIds, it goes into a request as is. A columnar
+    # chunk's is a view of memory its upload reuses once the chunk is gone.
+    body: bytes | memoryview = attrs.field(repr=_body_repr)
     # The distinct IDs, for per-ID ordering between chunks in flight (spec §8); read-only.
     ids: frozenset[str] | set[str] = attrs.field(repr=_ids_repr)
 

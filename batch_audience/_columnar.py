@@ -45,7 +45,7 @@ import re
 import struct
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, cast
 
@@ -502,6 +502,8 @@ class _Encoder:
         self._pa: Any = None
         self._np: Any = None
         self._con: Any = None
+        # The memory the accelerator writes bodies into, reused from step to step.
+        self._arena: Any = _speedups.Arena() if _speedups is not None else None
         # Per recent step: its ID hashes (Arrow), its first chunk number, the hashes sorted.
         self._recent: list[tuple[Any, int, Any]] = []
 
@@ -544,6 +546,7 @@ class _Encoder:
         """
         if self._pa is None:
             self._pa, self._np = _import("pyarrow"), _import("numpy")
+            _import("pyarrow.compute")
         if _speedups is None:
             self._connection()
 
@@ -555,7 +558,7 @@ class _Encoder:
             self._con = con
         return self._con
 
-    def bodies(self, job: _Job) -> tuple[list[bytes], Any]:
+    def bodies(self, job: _Job) -> tuple[Sequence[bytes | memoryview], Any]:
         """The JSON array of each chunk of ``job``, and the hash of each row's ID."""
         self.warm()
         if _speedups is not None:
@@ -567,7 +570,7 @@ class _Encoder:
             return self._query_bodies(self._with_texts(job))[0], hashes
         return self._query_bodies(job)
 
-    def _write(self, job: _Job) -> tuple[list[bytes] | None, Any]:
+    def _write(self, job: _Job) -> tuple[list[memoryview] | None, Any]:
         """The bodies written by the C accelerator (None if a row stops it), and the hashes."""
         pa, np, pc = self._pa, self._np, self._stream._pc
         table = job.table
@@ -595,10 +598,15 @@ class _Encoder:
             _c_column(pa, pc, _ARRAY, columns[-1]) if job.tags else None,
             job.bounds,
             hashes,
+            self._arena,
         )
         # From the buffer: pa.array(hashes) would go through pyarrow's conversion (_scalar).
         arrow = pa.Array.from_buffers(pa.uint64(), rows, [None, pa.py_buffer(hashes)])
-        return (None if isinstance(written, int) else written), arrow
+        if isinstance(written, int):
+            return None, arrow
+        slab, spans = written
+        view = memoryview(slab)  # the chunks' views keep the step's memory until all are sent
+        return [view[start:end] for start, end in spans], arrow
 
     def _with_texts(self, job: _Job) -> _Job:
         """``job`` with its timestamps as text, as DuckDB's query reads them."""
@@ -689,8 +697,10 @@ class _Encoder:
         return {n: frozenset(e) for n, e in found.items()}, known_from
 
     def close(self) -> None:
-        """Close the connection; safe to call more than once."""
+        """Close the connection and free the memory kept; safe to call more than once."""
         self._recent = []
+        if self._arena is not None:
+            self._arena.close()
         con, self._con = self._con, None
         if con is not None:
             con.close()

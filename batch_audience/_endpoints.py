@@ -30,7 +30,7 @@ Method = Literal["GET", "POST", "PATCH", "PUT", "DELETE"]
 class EncodedIds:
     """The ``ids`` array of a write, already encoded as JSON (a chunk's body)."""
 
-    array: bytes = attrs.field(repr=lambda array: f"<{len(array)} bytes>")
+    array: bytes | memoryview = attrs.field(repr=lambda array: f"<{len(array)} bytes>")
 
 
 # Wire entries, or the JSON array of them already encoded.
@@ -44,7 +44,9 @@ class Body:
     A full chunk is 1-4 MB: joining it into its envelope would copy it once more per request.
     """
 
-    parts: tuple[bytes, ...] = attrs.field(repr=lambda parts: f"<{sum(map(len, parts))} bytes>")
+    parts: tuple[bytes | memoryview, ...] = attrs.field(
+        repr=lambda parts: f"<{sum(map(len, parts))} bytes>"
+    )
 
     def __len__(self) -> int:
         return sum(map(len, self.parts))

@@ -139,9 +139,9 @@ _SLICE: Final = 1 << 18
 class _Slices(aiohttp.payload.Payload):
     """A large body written as slices of its parts (memoryviews), never copied by this library."""
 
-    _value: tuple[bytes, ...]
+    _value: tuple[bytes | memoryview, ...]
 
-    def __init__(self, parts: tuple[bytes, ...]) -> None:
+    def __init__(self, parts: tuple[bytes | memoryview, ...]) -> None:
         super().__init__(parts, content_type="application/json")
         self._size = sum(map(len, parts))
 

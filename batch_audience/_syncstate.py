@@ -325,7 +325,7 @@ class SyncState:
         )
         self.append_arrow(batch)
 
-    def append_entries(self, body: bytes) -> None:
+    def append_entries(self, body: bytes | memoryview) -> None:
         """Stage a chunk's JSON array of add-wire entries (a columnar source's chunk)."""
         entries = orjson.loads(body)
         # Dumped again one by one: the same bytes for the same entry, whichever encoder
