@@ -16,7 +16,10 @@ reports, progress); ``_writer`` is the buffered writer for event consumers (size
 backpressure, drain) on the same intake and sender; ``_poller`` waits for indexing tokens;
 ``_checkpoint`` makes uploads resumable; ``_sync`` mirrors a source onto an audience by
 sending only the difference from the last sync, whose snapshot ``_syncstate`` keeps in a
-DuckDB file; ``_sources`` reads CSV and NDJSON files. Data
+DuckDB file; ``_sources`` reads CSV and NDJSON files; ``_columnar`` reads columnar sources
+(the Arrow C stream: tables, DataFrames, Parquet) batch by batch, checks them vectorised and
+writes their chunks in a worker thread, with the optional C accelerator ``_speedups`` (DuckDB
+where it was not built). Data
 classes are in ``_models``, policies in ``_config``, the error tree in ``_exceptions``, key
 masking in ``_redact``, optional OpenTelemetry spans in ``_tracing``, the command line in
 ``_cli``. ``batch_audience.testing`` is the fake Batch server for your own tests.
