@@ -227,15 +227,32 @@ static char *write_string(char *out, const uint8_t *s, Py_ssize_t n) {
     return out;
 }
 
+static const char PAIRS[] = "00010203040506070809101112131415161718192021222324252627282930313233"
+                            "34353637383940414243444546474849505152535455565758596061626364656667"
+                            "6869707172737475767778798081828384858687888990919293949596979899";
+
+/* v (0 to 99) as two digits. */
+static char *write2(char *out, int64_t v) {
+    memcpy(out, PAIRS + 2 * v, 2);
+    return out + 2;
+}
+
 static char *write_uint(char *out, uint64_t v) {
     char digits[20];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n) *out++ = digits[--n];
-    return out;
+    int n = 20;
+    while (v >= 100) {
+        n -= 2;
+        memcpy(digits + n, PAIRS + 2 * (v % 100), 2);
+        v /= 100;
+    }
+    if (v >= 10) {
+        n -= 2;
+        memcpy(digits + n, PAIRS + 2 * v, 2);
+    } else {
+        digits[--n] = (char)('0' + v);
+    }
+    memcpy(out, digits + n, 20 - n);
+    return out + 20 - n;
 }
 
 static char *write_digits(char *out, int64_t v, int width) {
@@ -271,17 +288,18 @@ static char *write_timestamp(char *out, int64_t value, int64_t per_second) {
     int64_t year = yoe + era * 400 + (month <= 2);
     if (year < 1 || year > 9999) return NULL;
     *out++ = '"';
-    out = write_digits(out, year, 4);
+    out = write2(out, year / 100);
+    out = write2(out, year % 100);
     *out++ = '-';
-    out = write_digits(out, month, 2);
+    out = write2(out, month);
     *out++ = '-';
-    out = write_digits(out, day, 2);
+    out = write2(out, day);
     *out++ = 'T';
-    out = write_digits(out, in_day / 3600, 2);
+    out = write2(out, in_day / 3600);
     *out++ = ':';
-    out = write_digits(out, in_day / 60 % 60, 2);
+    out = write2(out, in_day / 60 % 60);
     *out++ = ':';
-    out = write_digits(out, in_day % 60, 2);
+    out = write2(out, in_day % 60);
     if (fraction) {
         int64_t nanos = fraction * (1000000000 / per_second);
         *out++ = '.';
