@@ -6,10 +6,11 @@
 gen.py's records as they are: no ``action`` key and dates without a zone. The library must
 send what the API asks for (``"action":"add"`` per entry, spec §4.2; dates in UTC with
 ``Z``, §2.3): ~8% more bytes, one more key per entry for the server to parse. This script
-measures what that costs the lab's sink alone: the same Parquet rows are turned into the library's bodies
-before the clock starts (through the columnar path, untimed), then sent by the lab's own
-hand-written client (``limit_client.upload``), paired with the reference as ratio.py pairs
-it. The median ratio is the most the library can reach there, whatever its own speed.
+measures what that costs the lab's sink alone: the same Parquet rows are turned into the
+library's bodies before the clock starts (through the columnar path, untimed), then sent by
+the lab's own hand-written client (``limit_client.upload``), paired with the reference as
+ratio.py pairs it. The median ratio is the most the library can reach there, whatever its
+own speed.
 """
 
 from __future__ import annotations
