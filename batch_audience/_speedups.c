@@ -127,6 +127,17 @@ static int needs_care(uint64_t w) {
     return ((zero_in_quote | zero_in_backslash | below_space) & HIGHS) != 0 || (w & HIGHS) != 0;
 }
 
+/* parse_column, for a column whose kind is one of `kinds` (a bit per kind). */
+static int parse_column_of(PyObject *spec, Column *c, unsigned kinds, const char *expected) {
+    if (parse_column(spec, c) < 0) return -1;
+    if (!(kinds & (1u << c->kind))) {
+        release_column(c);
+        PyErr_Format(PyExc_ValueError, "expected a column of %s", expected);
+        return -1;
+    }
+    return 0;
+}
+
 /* The most bytes rows [begin, end) of a column can take, besides its key. */
 static Py_ssize_t column_bound(const Column *c, Py_ssize_t begin, Py_ssize_t end) {
     Py_ssize_t rows = end - begin;
@@ -321,6 +332,23 @@ static const uint8_t *text_at(const Column *c, Py_ssize_t row, Py_ssize_t *len) 
     return (const uint8_t *)c->data.buf + a;
 }
 
+/* The items of a list row: numbers first to last (exclusive). */
+static void items_of(const Column *c, Py_ssize_t row, int64_t *first, int64_t *last) {
+    *first = offset_at(c->offsets.buf, c->wide, c->offset + row);
+    *last = offset_at(c->offsets.buf, c->wide, c->offset + row + 1);
+}
+
+/* The text of a list's item, or NULL if the item is null. */
+static const uint8_t *item_at(const Column *c, int64_t item, Py_ssize_t *len) {
+    Py_ssize_t at = c->item_offset + (Py_ssize_t)item;
+    if (c->has_item_validity && !((((const uint8_t *)c->item_validity.buf)[at >> 3] >> (at & 7)) & 1))
+        return NULL;
+    int64_t a = offset_at(c->item_offsets.buf, c->item_wide, at);
+    int64_t b = offset_at(c->item_offsets.buf, c->item_wide, at + 1);
+    *len = (Py_ssize_t)(b - a);
+    return (const uint8_t *)c->item_data.buf + a;
+}
+
 /* Writes one value; returns the end, or NULL if the row cannot be written here. */
 static char *write_value(char *out, const Column *c, Py_ssize_t row) {
     Py_ssize_t n;
@@ -360,20 +388,14 @@ static char *write_value(char *out, const Column *c, Py_ssize_t row) {
         return write_timestamp(out, ((const int64_t *)c->data.buf)[c->offset + row],
                                c->item_offset);
     default: { /* K_LIST */
-        int64_t first = offset_at(c->offsets.buf, c->wide, c->offset + row);
-        int64_t last = offset_at(c->offsets.buf, c->wide, c->offset + row + 1);
-        const void *io = c->item_offsets.buf;
-        const uint8_t *bytes = c->item_data.buf;
+        int64_t first, last;
+        items_of(c, row, &first, &last);
         *out++ = '[';
         for (int64_t item = first; item < last; item++) {
-            Py_ssize_t at = c->item_offset + (Py_ssize_t)item;
-            if (c->has_item_validity &&
-                !((((const uint8_t *)c->item_validity.buf)[at >> 3] >> (at & 7)) & 1))
-                return NULL; /* a null item breaks a rule the checks enforce */
+            s = item_at(c, item, &n);
+            if (!s) return NULL; /* a null item breaks a rule the checks enforce */
             if (item > first) *out++ = ',';
-            int64_t a = offset_at(io, c->item_wide, at);
-            int64_t b = offset_at(io, c->item_wide, at + 1);
-            out = write_string(out, bytes + a, (Py_ssize_t)(b - a));
+            out = write_string(out, s, n);
             if (!out) return NULL;
         }
         *out++ = ']';
@@ -778,12 +800,8 @@ static PyObject *first_not_utf8(PyObject *self, PyObject *args) {
     Py_ssize_t rows;
     Column c;
     if (!PyArg_ParseTuple(args, "On", &spec, &rows)) return NULL;
-    if (parse_column(spec, &c) < 0) return NULL;
-    if (c.kind != K_STR && c.kind != K_LIST) {
-        release_column(&c);
-        PyErr_SetString(PyExc_ValueError, "only text and lists of text are UTF-8");
+    if (parse_column_of(spec, &c, 1u << K_STR | 1u << K_LIST, "text or lists of text") < 0)
         return NULL;
-    }
     Py_ssize_t found = -1;
     Py_BEGIN_ALLOW_THREADS
     /* The rows' bytes are contiguous: when none is above 0x7F (ASCII, the common case), every
@@ -816,16 +834,12 @@ static PyObject *first_not_utf8(PyObject *self, PyObject *args) {
             if (!is_utf8(text, n)) found = row;
             continue;
         }
-        int64_t first = offset_at(c.offsets.buf, c.wide, c.offset + row);
-        int64_t last = offset_at(c.offsets.buf, c.wide, c.offset + row + 1);
-        for (int64_t item = first; item < last; item++) {
-            Py_ssize_t at = c.item_offset + (Py_ssize_t)item;
-            int64_t a = offset_at(c.item_offsets.buf, c.item_wide, at);
-            int64_t b = offset_at(c.item_offsets.buf, c.item_wide, at + 1);
-            if (!is_utf8((const uint8_t *)c.item_data.buf + a, (Py_ssize_t)(b - a))) {
-                found = row;
-                break;
-            }
+        int64_t first, last;
+        items_of(&c, row, &first, &last);
+        for (int64_t item = first; item < last && found < 0; item++) {
+            Py_ssize_t n;
+            const uint8_t *text = item_at(&c, item, &n);
+            if (text && !is_utf8(text, n)) found = row;
         }
     }
     Py_END_ALLOW_THREADS
@@ -841,8 +855,8 @@ static int suspect_tag(const uint8_t *s, Py_ssize_t n, Py_ssize_t max_length) {
     for (; i + 8 <= n; i += 8) {
         uint64_t w;
         memcpy(&w, s + i, 8);
-        /* A byte in 'A'..'Z' (or above 0x7F): adding 0x7F - 'Z' carries it past 0x7F only
-         * from 'A' up, and adding 0x80 - 'A' would for 'A'..; both, masked, mean the range. */
+        /* On each byte's low 7 bits: + (0x80 - 'A') sets the high bit from 'A' up, and
+         * + (0x7F - 'Z') from '[' up; the first without the second is 'A'..'Z'. */
         uint64_t low7 = w & (ONES * 0x7F);
         uint64_t from_a = low7 + ONES * (0x80 - 'A');
         uint64_t above_z = low7 + ONES * (0x7F - 'Z');
@@ -863,12 +877,7 @@ static PyObject *suspect_tag_rows(PyObject *self, PyObject *args) {
     Py_ssize_t rows, max_length;
     Column c;
     if (!PyArg_ParseTuple(args, "Onn", &spec, &rows, &max_length)) return NULL;
-    if (parse_column(spec, &c) < 0) return NULL;
-    if (c.kind != K_LIST) {
-        release_column(&c);
-        PyErr_SetString(PyExc_ValueError, "tags are a list of text");
-        return NULL;
-    }
+    if (parse_column_of(spec, &c, 1u << K_LIST, "lists of text") < 0) return NULL;
     Py_ssize_t *found = PyMem_RawMalloc(sizeof(Py_ssize_t) * (rows ? rows : 1));
     if (!found) {
         release_column(&c);
@@ -878,16 +887,12 @@ static PyObject *suspect_tag_rows(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t row = 0; row < rows; row++) {
         if (!is_valid(&c, row)) continue; /* no tags: nothing to judge */
-        int64_t first = offset_at(c.offsets.buf, c.wide, c.offset + row);
-        int64_t last = offset_at(c.offsets.buf, c.wide, c.offset + row + 1);
+        int64_t first, last;
+        items_of(&c, row, &first, &last);
         for (int64_t item = first; item < last; item++) {
-            Py_ssize_t at = c.item_offset + (Py_ssize_t)item;
-            int64_t a = offset_at(c.item_offsets.buf, c.item_wide, at);
-            int64_t b = offset_at(c.item_offsets.buf, c.item_wide, at + 1);
-            int null = c.has_item_validity &&
-                       !((((const uint8_t *)c.item_validity.buf)[at >> 3] >> (at & 7)) & 1);
-            if (null ||
-                suspect_tag((const uint8_t *)c.item_data.buf + a, (Py_ssize_t)(b - a), max_length)) {
+            Py_ssize_t n;
+            const uint8_t *tag = item_at(&c, item, &n);
+            if (!tag || suspect_tag(tag, n, max_length)) { /* a null tag is judged too */
                 found[count++] = row;
                 break;
             }
