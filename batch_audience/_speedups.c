@@ -19,7 +19,7 @@
 
 enum {
     K_STR = 0,   /* text written as a JSON string (escaped) */
-    K_RAW = 1,   /* text written as it is (checked numbers and dates) */
+    /* 1 is not used. */
     K_FLOAT = 2, /* Arrow's text of a float64: ".0" added when it reads as an integer */
     K_INT = 3,   /* int64 values */
     K_UINT = 4,  /* uint64 values */
@@ -95,7 +95,7 @@ static int parse_column(PyObject *spec, Column *c) {
         return -1;
     }
     int ok;
-    if (c->kind < K_STR || c->kind > K_TS)
+    if (c->kind < K_STR || c->kind > K_TS || c->kind == 1)
         ok = 0;
     else if (c->kind == K_LIST)
         ok = c->has_offsets && c->has_item_offsets && c->has_item_data;
@@ -127,12 +127,36 @@ static int needs_care(uint64_t w) {
     return ((zero_in_quote | zero_in_backslash | below_space) & HIGHS) != 0 || (w & HIGHS) != 0;
 }
 
-/* parse_column, for a column whose kind is one of `kinds` (a bit per kind). */
-static int parse_column_of(PyObject *spec, Column *c, unsigned kinds, const char *expected) {
+/* Whether rows 0 to rows - 1 of a column lie within its buffers (offsets taken as Arrow
+ * promises them: rising): a wrong row count raises instead of reading past a buffer. */
+static int column_fits(const Column *c, Py_ssize_t rows) {
+    Py_ssize_t end = c->offset + rows;
+    if (rows < 0 || c->offset < 0) return 0;
+    if (c->has_validity && c->validity.len * 8 < end) return 0;
+    if (c->kind == K_INT || c->kind == K_UINT || c->kind == K_TS)
+        return c->data.len / 8 >= end;
+    Py_ssize_t width = c->wide ? 8 : 4;
+    if (c->offsets.len / width < end + 1) return 0;
+    int64_t first = offset_at(c->offsets.buf, c->wide, c->offset);
+    int64_t last = offset_at(c->offsets.buf, c->wide, end);
+    if (c->kind != K_LIST) return first >= 0 && last >= first && last <= c->data.len;
+    Py_ssize_t item_width = c->item_wide ? 8 : 4;
+    if (first < 0 || last < first || c->item_offset < 0 ||
+        c->item_offsets.len / item_width < c->item_offset + last + 1)
+        return 0;
+    int64_t a = offset_at(c->item_offsets.buf, c->item_wide, c->item_offset + first);
+    int64_t b = offset_at(c->item_offsets.buf, c->item_wide, c->item_offset + last);
+    if (c->has_item_validity && c->item_validity.len * 8 < c->item_offset + last) return 0;
+    return a >= 0 && b >= a && b <= c->item_data.len;
+}
+
+/* parse_column, for `rows` rows of a column whose kind is one of `kinds` (a bit per kind). */
+static int parse_column_of(PyObject *spec, Column *c, unsigned kinds, const char *expected,
+                           Py_ssize_t rows) {
     if (parse_column(spec, c) < 0) return -1;
-    if (!(kinds & (1u << c->kind))) {
+    if (!(kinds & (1u << c->kind)) || !column_fits(c, rows)) {
         release_column(c);
-        PyErr_Format(PyExc_ValueError, "expected a column of %s", expected);
+        PyErr_Format(PyExc_ValueError, "expected %zd rows of %s", rows, expected);
         return -1;
     }
     return 0;
@@ -146,7 +170,6 @@ static Py_ssize_t column_bound(const Column *c, Py_ssize_t begin, Py_ssize_t end
     case K_STR: /* quotes, and at most 6 bytes (\u00XX) per byte */
         return 2 * rows + 6 * (Py_ssize_t)(offset_at(off, c->wide, c->offset + end) -
                                            offset_at(off, c->wide, c->offset + begin));
-    case K_RAW:
     case K_FLOAT:
         return 2 * rows + (Py_ssize_t)(offset_at(off, c->wide, c->offset + end) -
                                        offset_at(off, c->wide, c->offset + begin));
@@ -357,10 +380,6 @@ static char *write_value(char *out, const Column *c, Py_ssize_t row) {
     case K_STR:
         s = text_at(c, row, &n);
         return write_string(out, s, n);
-    case K_RAW:
-        s = text_at(c, row, &n);
-        memcpy(out, s, n);
-        return out + n;
     case K_FLOAT: {
         s = text_at(c, row, &n);
         int integral = n > 0;
@@ -653,6 +672,12 @@ static PyObject *write_chunks(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "hashes holds fewer than one uint64 per row");
         goto done;
     }
+    int fits = column_fits(&ids, rows) && (!have_tags || column_fits(&tags, rows));
+    for (Py_ssize_t k = 0; k < ncolumns; k++) fits = fits && column_fits(&columns[k], rows);
+    if (!fits) {
+        PyErr_SetString(PyExc_ValueError, "the bounds go past a column's buffers");
+        goto done;
+    }
     sizes = PyMem_Calloc(nbounds ? nbounds : 1, sizeof(Py_ssize_t));
     if (!sizes) {
         PyErr_NoMemory();
@@ -800,7 +825,7 @@ static PyObject *first_not_utf8(PyObject *self, PyObject *args) {
     Py_ssize_t rows;
     Column c;
     if (!PyArg_ParseTuple(args, "On", &spec, &rows)) return NULL;
-    if (parse_column_of(spec, &c, 1u << K_STR | 1u << K_LIST, "text or lists of text") < 0)
+    if (parse_column_of(spec, &c, 1u << K_STR | 1u << K_LIST, "text or lists of text", rows) < 0)
         return NULL;
     Py_ssize_t found = -1;
     Py_BEGIN_ALLOW_THREADS
@@ -877,7 +902,7 @@ static PyObject *suspect_tag_rows(PyObject *self, PyObject *args) {
     Py_ssize_t rows, max_length;
     Column c;
     if (!PyArg_ParseTuple(args, "Onn", &spec, &rows, &max_length)) return NULL;
-    if (parse_column_of(spec, &c, 1u << K_LIST, "lists of text") < 0) return NULL;
+    if (parse_column_of(spec, &c, 1u << K_LIST, "lists of text", rows) < 0) return NULL;
     Py_ssize_t *found = PyMem_RawMalloc(sizeof(Py_ssize_t) * (rows ? rows : 1));
     if (!found) {
         release_column(&c);

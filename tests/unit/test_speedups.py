@@ -1,0 +1,82 @@
+"""The C accelerator refuses what would make it read past a buffer, instead of reading there.
+
+Its output is tested through the columnar path (tests/unit/test_columnar_unit.py runs every
+test with it and with DuckDB); here, its guards against a caller's mistake.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from batch_audience import _columnar
+
+STR, INT = 0, 3  # the accelerator's column kinds (_speedups.c)
+
+
+@pytest.fixture(scope="module")
+def speedups() -> Any:
+    """The accelerator; a skip where it could not be built, a failure on CI, which can."""
+    if _columnar._speedups is None:
+        if os.environ.get("CI"):
+            pytest.fail("the C accelerator was not built: CI machines have a C compiler")
+        pytest.skip("the C accelerator was not built here (no C compiler)")
+    return _columnar._speedups
+
+
+def text(values: list[str]) -> tuple[object, ...]:
+    array = pa.array(values)
+    _, offsets, data = array.buffers()
+    return (STR, array.offset, False, None, offsets, data)
+
+
+def test_rows_past_a_column_raise(speedups: Any) -> None:
+    """Bounds beyond a column's rows, or a row count beyond them, raise ValueError."""
+    ids = text(["a", "b", "c"])
+    hashes = np.empty(8, dtype=np.uint64)
+    heads = (b'{"id":', b'{"id":')
+    arena = speedups.Arena()
+    with pytest.raises(ValueError, match="past a column"):
+        speedups.write_chunks(heads, ids, None, [], None, None, [(0, 4)], hashes, arena)
+    numbers = (INT, 0, False, None, None, pa.array([1, 2], pa.int64()).buffers()[1])
+    with pytest.raises(ValueError, match="past a column"):
+        speedups.write_chunks(
+            heads,
+            ids,
+            b',"attributes":{',
+            [(b'"n":', numbers)],
+            None,
+            None,
+            [(0, 3)],
+            hashes,
+            arena,
+        )
+    with pytest.raises(ValueError, match="4 rows"):
+        speedups.first_not_utf8(ids, 4)
+    with pytest.raises(ValueError, match="lists of text"):
+        speedups.suspect_tag_rows(ids, 3, 64)
+    slab, spans = speedups.write_chunks(heads, ids, None, [], None, None, [(0, 3)], hashes, arena)
+    assert [bytes(memoryview(slab)[a:b]) for a, b in spans] == [
+        b'[{"id":"a"},{"id":"b"},{"id":"c"}]'
+    ]
+    arena.close()
+
+
+def test_bounds_must_follow_each_other(speedups: Any) -> None:
+    """Chunks are consecutive, non-empty row ranges; hashes hold one per row."""
+    ids = text(["a", "b", "c"])
+    heads = (b'{"id":', b'{"id":')
+    arena = speedups.Arena()
+    for bounds in ([(1, 1)], [(0, 2), (1, 3)]):
+        with pytest.raises(ValueError, match="consecutive"):
+            speedups.write_chunks(
+                heads, ids, None, [], None, None, bounds, np.empty(3, np.uint64), arena
+            )
+    with pytest.raises(ValueError, match="one uint64 per row"):
+        speedups.write_chunks(
+            heads, ids, None, [], None, None, [(0, 3)], np.empty(2, np.uint64), arena
+        )
