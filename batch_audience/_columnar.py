@@ -1224,7 +1224,7 @@ def _hash_values(np: Any, hashes: Any) -> Any:
 
 
 # The C accelerator's column kinds (_speedups.c).
-_C_STR, _C_FLOAT, _C_INT, _C_UINT, _C_LIST, _C_TS = 0, 2, 3, 4, 5, 6
+_C_STR, _C_FLOAT, _C_INT, _C_UINT, _C_LIST, _C_TS, _C_DOUBLE = 0, 2, 3, 4, 5, 6, 7
 _EMPTY: Final = b""
 
 
@@ -1234,6 +1234,11 @@ def _c_column(pa: Any, pc: Any, kind: str, array: Any) -> tuple[object, ...]:
     if kind in (_INT, _UINT64) and not (types.is_int64(array.type) or types.is_uint64(array.type)):
         array = pc.cast(array, pa.int64())
     elif kind == _FLOAT:
+        values = array.buffers()[1]
+        validity = array.buffers()[0] if array.null_count else None
+        doubles = (_C_DOUBLE, array.offset, False, validity, None, values)
+        if _speedups.fixed_doubles(doubles, len(array)):
+            return doubles  # few decimals (the common case): written by the accelerator
         # Arrow writes the shortest text that reads back as the same double; the accelerator
         # adds ".0" to a whole number, so that it stays a float on the wire.
         array = pc.cast(array, pa.string())

@@ -14,6 +14,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -25,6 +26,7 @@ enum {
     K_UINT = 4,  /* uint64 values */
     K_LIST = 5,  /* list of strings, written as a JSON array of strings */
     K_TS = 6,    /* int64 timestamps, UTC, written as the library's date text */
+    K_DOUBLE = 7, /* float64 values with at most FIXED_DECIMALS decimals (see fixed_decimals) */
 };
 
 typedef struct {
@@ -95,11 +97,11 @@ static int parse_column(PyObject *spec, Column *c) {
         return -1;
     }
     int ok;
-    if (c->kind < K_STR || c->kind > K_TS || c->kind == 1)
+    if (c->kind < K_STR || c->kind > K_DOUBLE || c->kind == 1)
         ok = 0;
     else if (c->kind == K_LIST)
         ok = c->has_offsets && c->has_item_offsets && c->has_item_data;
-    else if (c->kind == K_INT || c->kind == K_UINT)
+    else if (c->kind == K_INT || c->kind == K_UINT || c->kind == K_DOUBLE)
         ok = c->has_data;
     else if (c->kind == K_TS)
         ok = c->has_data && (item_offset == 1 || item_offset == 1000 || item_offset == 1000000 ||
@@ -133,7 +135,7 @@ static int column_fits(const Column *c, Py_ssize_t rows) {
     Py_ssize_t end = c->offset + rows;
     if (rows < 0 || c->offset < 0) return 0;
     if (c->has_validity && c->validity.len * 8 < end) return 0;
-    if (c->kind == K_INT || c->kind == K_UINT || c->kind == K_TS)
+    if (c->kind == K_INT || c->kind == K_UINT || c->kind == K_TS || c->kind == K_DOUBLE)
         return c->data.len / 8 >= end;
     Py_ssize_t width = c->wide ? 8 : 4;
     if (c->offsets.len / width < end + 1) return 0;
@@ -178,6 +180,8 @@ static Py_ssize_t column_bound(const Column *c, Py_ssize_t begin, Py_ssize_t end
         return 21 * rows;
     case K_TS: /* "YYYY-MM-DDTHH:MM:SS.fffffffffZ" */
         return 32 * rows;
+    case K_DOUBLE: /* "-", 15 digits, ".", 8 decimals */
+        return 26 * rows;
     default: { /* K_LIST: brackets, then quotes and commas per item, 6 bytes per byte */
         int64_t first = offset_at(off, c->wide, c->offset + begin);
         int64_t last = offset_at(off, c->wide, c->offset + end);
@@ -355,6 +359,55 @@ static const uint8_t *text_at(const Column *c, Py_ssize_t row, Py_ssize_t *len) 
     return (const uint8_t *)c->data.buf + a;
 }
 
+/* -- Floats with few decimals, the common case, written without Arrow's text ---------------
+ *
+ * A double x is written as the decimal D / 10^k with the fewest decimals k (at most
+ * FIXED_DECIMALS) that reads back as x: D = round(|x| * 10^k), kept when D / 10^k == |x|.
+ * D and 10^k are exact in a double (D < 2^53), and IEEE division rounds correctly, so the
+ * quotient is the double nearest to the decimal, the one any JSON parser reads: the text
+ * reads back as x exactly. Other doubles (more decimals, |x| >= 10^15, tiny) are written
+ * from Arrow's text (K_FLOAT) for the whole step. */
+#define FIXED_DECIMALS 8
+
+static const double POWERS[FIXED_DECIMALS + 1] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8};
+static const int64_t INT_POWERS[FIXED_DECIMALS + 1] = {
+    1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000};
+
+/* The decimals k and the digits D of x, or -1. */
+static int fixed_decimals(double x, int64_t *digits) {
+    double ax = fabs(x);
+    if (!(ax < 1e15)) return -1; /* NaN and infinities too */
+    for (int k = 0; k <= FIXED_DECIMALS; k++) {
+        double scaled = ax * POWERS[k];
+        if (scaled >= 9007199254740992.0) return -1; /* 2^53: no longer exact */
+        double d = nearbyint(scaled);
+        if (d / POWERS[k] == ax) {
+            *digits = (int64_t)d;
+            return k;
+        }
+    }
+    return -1;
+}
+
+static char *write_double(char *out, double x) {
+    int64_t digits;
+    int k = fixed_decimals(x, &digits);
+    if (k < 0) return NULL; /* fixed_doubles said otherwise: never */
+    if (signbit(x)) *out++ = '-';
+    out = write_uint(out, (uint64_t)(digits / INT_POWERS[k]));
+    *out++ = '.';
+    if (k == 0) {
+        *out++ = '0';
+        return out;
+    }
+    int64_t fraction = digits % INT_POWERS[k];
+    for (int i = k - 1; i >= 0; i--) {
+        out[i] = (char)('0' + fraction % 10);
+        fraction /= 10;
+    }
+    return out + k;
+}
+
 /* The items of a list row: numbers first to last (exclusive). */
 static void items_of(const Column *c, Py_ssize_t row, int64_t *first, int64_t *last) {
     *first = offset_at(c->offsets.buf, c->wide, c->offset + row);
@@ -406,6 +459,8 @@ static char *write_value(char *out, const Column *c, Py_ssize_t row) {
     case K_TS:
         return write_timestamp(out, ((const int64_t *)c->data.buf)[c->offset + row],
                                c->item_offset);
+    case K_DOUBLE:
+        return write_double(out, ((const double *)c->data.buf)[c->offset + row]);
     default: { /* K_LIST */
         int64_t first, last;
         items_of(c, row, &first, &last);
@@ -938,7 +993,30 @@ static PyObject *suspect_tag_rows(PyObject *self, PyObject *args) {
     return result;
 }
 
+PyDoc_STRVAR(fixed_doubles_doc,
+             "fixed_doubles(column, rows)\n--\n\n"
+             "Whether every valid float64 of the column reads back from at most 8 decimals "
+             "(then it can be written as K_DOUBLE).");
+
+static PyObject *fixed_doubles(PyObject *self, PyObject *args) {
+    PyObject *spec;
+    Py_ssize_t rows;
+    Column c;
+    if (!PyArg_ParseTuple(args, "On", &spec, &rows)) return NULL;
+    if (parse_column_of(spec, &c, 1u << K_DOUBLE, "float64 values", rows) < 0) return NULL;
+    int fixed = 1;
+    const double *values = (const double *)c.data.buf + c.offset;
+    Py_BEGIN_ALLOW_THREADS
+    int64_t digits;
+    for (Py_ssize_t row = 0; row < rows && fixed; row++)
+        fixed = !is_valid(&c, row) || fixed_decimals(values[row], &digits) >= 0;
+    Py_END_ALLOW_THREADS
+    release_column(&c);
+    return PyBool_FromLong(fixed);
+}
+
 static PyMethodDef methods[] = {
+    {"fixed_doubles", fixed_doubles, METH_VARARGS, fixed_doubles_doc},
     {"suspect_tag_rows", suspect_tag_rows, METH_VARARGS, suspect_tag_rows_doc},
     {"write_chunks", write_chunks, METH_VARARGS, write_chunks_doc},
     {"first_not_utf8", first_not_utf8, METH_VARARGS, first_not_utf8_doc},
