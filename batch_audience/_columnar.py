@@ -237,17 +237,56 @@ class _Pooled:
     sink). The system allocator keeps it for the next step. The pool is passed per call: the
     process-wide default stays as the application set it.
 
+    The kernels a common upload uses are called by name (``pyarrow._compute.call_function``):
+    importing ``pyarrow.compute`` itself (its Python wrappers of every kernel, with their
+    docs) holds the GIL ~25 ms, which delayed an upload's first request by ~30 ms. It is
+    imported, in the worker, the first time a function below is not enough.
+
     Python values given to a function (``pc.equal(lengths, 0)``) become Arrow scalars built
     from their bytes (``_scalar``), not through pyarrow's conversion of Python objects.
     """
 
-    def __init__(self, pc: Any, pa: Any, pool: Any) -> None:
-        self._pc = pc
+    def __init__(self, pa: Any, pool: Any) -> None:
         self._pa = pa
+        self._compute = _import("pyarrow._compute")
         self.pool = pool
 
     def __getattr__(self, name: str) -> Any:
-        function = getattr(self._pc, name)
+        kernel = _KERNELS.get(name)
+        if kernel is not None:
+            call = self._kernel(kernel)
+        elif name == "cast":
+            call = self._cast
+        elif name == "is_in":
+            call = self._is_in
+        else:
+            call = self._wrapped(name)
+        setattr(self, name, call)  # looked up once per name
+        return call
+
+    def _kernel(self, kernel: str) -> Callable[..., Any]:
+        pa, call_function = self._pa, self._compute.call_function
+
+        def call(*args: Any) -> Any:
+            values = [
+                _scalar(pa, arg) if isinstance(arg, bool | int | float | str) else arg
+                for arg in args
+            ]
+            return call_function(kernel, values, None, self.pool)
+
+        return call
+
+    def _cast(self, values: Any, target: Any, safe: bool = True) -> Any:
+        options = self._compute.CastOptions
+        cast = options.safe(target) if safe else options.unsafe(target)
+        return self._compute.call_function("cast", [values], cast, self.pool)
+
+    def _is_in(self, values: Any, *, value_set: Any) -> Any:
+        lookup = self._compute.SetLookupOptions(value_set=value_set)
+        return self._compute.call_function("is_in", [values], lookup, self.pool)
+
+    def _wrapped(self, name: str) -> Callable[..., Any]:
+        function = getattr(_import("pyarrow.compute"), name)
         parameters = inspect.signature(function).parameters.values()
         pooled = any(p.name == "memory_pool" for p in parameters)
         # The values a function computes on come first (positional-only, or *args); what
@@ -255,7 +294,7 @@ class _Pooled:
         if any(p.kind is p.VAR_POSITIONAL for p in parameters):
             values = sys.maxsize
         else:
-            values = sum(p.kind is p.POSITIONAL_ONLY for p in parameters) or _VALUES.get(name, 1)
+            values = sum(p.kind is p.POSITIONAL_ONLY for p in parameters) or 1
         pa = self._pa
 
         def call(*args: Any, **kwargs: Any) -> Any:
@@ -269,11 +308,30 @@ class _Pooled:
                 kwargs["memory_pool"] = self.pool
             return function(*args, **kwargs)
 
-        setattr(self, name, call)  # looked up once per name
         return call
 
 
-_VALUES: Final = {"fill_null": 2}  # functions written in Python: how many values they take
+# pyarrow.compute's functions called by their kernel's name: each takes only values, and its
+# default options are the kernel's (``fill_null`` is ``coalesce`` with a scalar of the type).
+_KERNELS: Final = {
+    "any": "any",
+    "all": "all",
+    "binary_length": "binary_length",
+    "equal": "equal",
+    "not_equal": "not_equal",
+    "greater": "greater",
+    "greater_equal": "greater_equal",
+    "less": "less",
+    "less_equal": "less_equal",
+    "invert": "invert",
+    "and_": "and",
+    "or_": "or",
+    "is_finite": "is_finite",
+    "is_valid": "is_valid",
+    "indices_nonzero": "indices_nonzero",
+    "min_max": "min_max",
+    "fill_null": "coalesce",
+}
 _LAYOUTS: Final = {"bool": "?", "int64": "<q", "uint64": "<Q", "double": "<d"}  # struct formats
 _DEFAULT_TYPES: Final = {bool: "bool_", int: "int64", float: "float64"}
 
@@ -550,7 +608,7 @@ class _Encoder:
         """
         if self._pa is None:
             self._pa, self._np = _import("pyarrow"), _import("numpy")
-            _import("pyarrow.compute")
+            _import("pyarrow._compute")
         if _speedups is None:
             self._connection()
 
@@ -916,7 +974,7 @@ class _Stream:
 
     def _step(self, batch: Any) -> _Step:
         if self._pc is None:
-            self._pc = _Pooled(_import("pyarrow.compute"), self._pa, self._pool)
+            self._pc = _Pooled(self._pa, self._pool)
         pa, pc = self._pa, self._pc
         plan = self._plan
         assert plan is not None

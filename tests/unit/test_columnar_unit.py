@@ -661,7 +661,7 @@ def test_timestamps_read_as_the_record_path_writes_them(unit: str, years: list[i
 
 def test_iso_texts_of_fixed_and_mixed_widths() -> None:
     """Arrow's timestamp texts become the wire form, in one pass or in two."""
-    pc = _columnar._Pooled(pa.compute, pa, pa.system_memory_pool())
+    pc = _columnar._Pooled(pa, pa.system_memory_pool())
     fixed = pa.array(["2024-01-02 10:00:00", "9999-12-31 23:59:59"])
     assert _columnar._iso_utc(pa, pc, fixed).to_pylist() == [
         "2024-01-02T10:00:00Z",
@@ -763,7 +763,7 @@ def test_timestamps_of_any_unit_and_fraction(unit: str) -> None:
     ]
     column = pa.array(values, pa.int64()).cast(pa.timestamp(unit, "UTC"))
     table = pa.table({"id": [f"u-{i}" for i in range(len(values))], "t": column})
-    pc = _columnar._Pooled(pa.compute, pa, pa.system_memory_pool())
+    pc = _columnar._Pooled(pa, pa.system_memory_pool())
     texts = _columnar._timestamp_text(pa, pc, column, unit, None).to_pylist()
     chunks, error = columnar(table)
     assert error == ("", None, None)
