@@ -603,8 +603,7 @@ class _Encoder:
 
         An upload runs it first, in a thread of its own: its ~0.1 s of imports and of DuckDB's
         first JSON query then pass while the worker reads the first batch, not after it. With
-        the C accelerator DuckDB is only needed for a repeated ID or a row the accelerator
-        does not write, and is imported then.
+        the C accelerator DuckDB is only needed for a step it gives back, and imported then.
         """
         if self._pa is None:
             self._pa, self._np = _import("pyarrow"), _import("numpy")
@@ -627,8 +626,9 @@ class _Encoder:
             written, hashes = self._write(job)
             if written is not None:
                 return written, hashes
-            # A row the accelerator does not write (bytes that are not UTF-8...): DuckDB
-            # writes the step, the hashes stay the accelerator's, as for every other step.
+            # The accelerator gives back a row the checks should have stopped (a null list
+            # item, a timestamp outside years 1 to 9999) rather than write it: DuckDB writes
+            # the step; the hashes stay the accelerator's, as for every other step.
             return self._query_bodies(self._with_texts(job))[0], hashes
         return self._query_bodies(job)
 
