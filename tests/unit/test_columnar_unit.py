@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import string
 import sys
 import threading
@@ -34,6 +33,7 @@ from batch_audience._chunker import Chunk, aiter_chunks, iter_chunks
 from batch_audience._columnar import INSTALL_COMMAND, ArrowIds, is_columnar, iter_columnar
 from batch_audience._intake import Intake
 from batch_audience._validate import Generation, Operation
+from tests.conftest import accelerator
 
 Outcome = tuple[list[tuple[int, int, list[dict[str, Any]]]], tuple[str, int | None, str | None]]
 
@@ -57,26 +57,11 @@ def records_of(table: pa.Table) -> Iterator[dict[str, Any]]:
         yield record
 
 
-BUILT = _columnar._speedups  # the C accelerator, as this installation has it
-
-
-def accelerator() -> Any:
-    """The C accelerator; a skip where it could not be built, a failure on CI, which can."""
-    if BUILT is None:
-        if os.environ.get("CI"):
-            pytest.fail("the C accelerator was not built: CI machines have a C compiler")
-        pytest.skip("the C accelerator was not built here (no C compiler): DuckDB writes")
-    return BUILT
-
-
 @pytest.fixture(autouse=True, scope="module", params=["accelerated", "duckdb"])
 def engine(request: pytest.FixtureRequest) -> Iterator[str]:
     """Every test here runs twice: JSON written by the C accelerator, then by DuckDB."""
     built = _columnar._speedups
-    if request.param == "accelerated":
-        accelerator()
-    if request.param == "duckdb":
-        _columnar._speedups = None
+    _columnar._speedups = accelerator() if request.param == "accelerated" else None
     try:
         yield request.param
     finally:
