@@ -1,11 +1,13 @@
 /* Optional accelerator of the columnar path: Arrow columns in, JSON chunk bodies out.
  *
- * _columnar.py checks every row with pyarrow first; this module only writes the checked rows
- * as JSON, the way the DuckDB query beside it does, with the GIL released, so the event loop
- * runs while a step is written. Anything it does not expect (a null list item, bytes that
- * are not UTF-8) makes it return the row's number instead, and the caller writes that step
- * with DuckDB. Nothing here is required: without a C compiler the package installs without
- * it and uses DuckDB for every step.
+ * _columnar.py checks every row first (with Arrow's kernels, and with the passes here:
+ * first_not_utf8, suspect_tag_rows, fixed_doubles); write_chunks then writes the checked
+ * rows as JSON, the entries the DuckDB query beside it writes, with the GIL released, so the
+ * event loop runs while a step is written, into an Arena's memory reused from step to step.
+ * What the checks should have stopped (a null list item, bytes that are not UTF-8, a date
+ * outside years 1 to 9999) makes it return the row's number instead, and the caller writes
+ * that step with DuckDB. Nothing here is required: without a C compiler the package installs
+ * without it and uses DuckDB for every step.
  *
  * Columns come as tuples of buffers (Arrow's own layout: validity bitmap, offsets, data), so
  * no Arrow header is needed. Each row is written as
