@@ -815,6 +815,20 @@ def test_batches_are_read_into_memory_of_the_library() -> None:
     assert sorted(i for c in chunks for i in c.ids) == sorted(table.column("id").to_pylist())
 
 
+def test_an_upload_allocates_from_its_own_pool_and_leaves_the_default() -> None:
+    """Batches are copied into the library's pool (jemalloc's where pyarrow has it); the
+    process's default pool stays the application's."""
+    pool = _columnar._memory_pool(pa)
+    assert pool.backend_name in ("jemalloc", "system")
+    default = pa.default_memory_pool().backend_name
+    before = pool.bytes_allocated()
+    table = pa.table({"id": [f"u-{i}" for i in range(5_000)]})
+    chunks = list(iter_columnar(table, Intake("2", "add"), size=1_000))
+    assert pool.bytes_allocated() > before  # the chunks' IDs live in the copies
+    assert pa.default_memory_pool().backend_name == default
+    assert sum(c.count for c in chunks) == 5_000
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     picks=st.lists(st.integers(0, 60), min_size=1, max_size=400),
