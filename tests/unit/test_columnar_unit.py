@@ -1085,6 +1085,34 @@ def test_a_stream_that_fails_mid_way_raises_its_error() -> None:
         next(chunks)
 
 
+def test_batches_are_read_one_ahead_from_the_second_on() -> None:
+    """The first batch alone (the first request waits for it), then each next one as soon as
+    the last is copied; an error met ahead is raised in its turn."""
+    schema = pa.schema([("id", pa.string())])
+    pulled: list[object] = []
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for number in range(4):
+            pulled.append(number)
+            yield pa.record_batch({"id": [f"u-{number}-{i}" for i in range(10)]}, schema=schema)
+        pulled.append("error")
+        raise OSError("the disk went away")
+
+    intake = Intake("2", "add")
+    reader = pa.RecordBatchReader.from_batches(schema, batches())
+    stream = _columnar._Stream(reader, intake, intake, 10, 0, prefetch=False)
+    try:
+        counts = []
+        for expected in ([0], [0, 1, 2], [0, 1, 2, 3], [0, 1, 2, 3, "error"]):
+            counts.append(sum(count for _, _, count, _ in stream.next_step().places))
+            assert pulled == expected
+        assert counts == [10, 10, 10, 10]
+        with pytest.raises(OSError, match="the disk went away"):
+            stream.next_step()
+    finally:
+        stream.close()
+
+
 def test_the_reading_thread_stops_with_the_stream() -> None:
     """Leaving a stream early stops its prefetching thread (no thread outlives the upload)."""
     table = pa.table({"id": [f"u-{i}" for i in range(3 * _columnar._STEP_ROWS)]})
