@@ -269,11 +269,7 @@ class _Pooled:
         pa, call_function = self._pa, self._compute.call_function
 
         def call(*args: Any) -> Any:
-            values = [
-                _scalar(pa, arg) if isinstance(arg, bool | int | float | str) else arg
-                for arg in args
-            ]
-            return call_function(kernel, values, None, self.pool)
+            return call_function(kernel, _arrow_values(pa, args), None, self.pool)
 
         return call
 
@@ -299,17 +295,17 @@ class _Pooled:
         pa = self._pa
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            args = tuple(
-                _scalar(pa, arg)
-                if number < values and isinstance(arg, bool | int | float | str)
-                else arg
-                for number, arg in enumerate(args)
-            )
+            args = (*_arrow_values(pa, args[:values]), *args[values:])
             if pooled:
                 kwargs["memory_pool"] = self.pool
             return function(*args, **kwargs)
 
         return call
+
+
+def _arrow_values(pa: Any, args: tuple[Any, ...]) -> list[Any]:
+    """Arguments with each Python value as an Arrow scalar built from its bytes (``_scalar``)."""
+    return [_scalar(pa, arg) if isinstance(arg, bool | int | float | str) else arg for arg in args]
 
 
 # pyarrow.compute's functions called by their kernel's name: each takes only values, and its
@@ -637,12 +633,7 @@ class _Encoder:
         """The bodies written by the C accelerator (None if a row stops it), and the hashes."""
         pa, np, pc = self._pa, self._np, self._stream._pc
         table = job.table
-        columns = [
-            table.column(i).combine_chunks(memory_pool=pc.pool)
-            if table.column(i).num_chunks != 1
-            else table.column(i).chunk(0)
-            for i in range(table.num_columns)
-        ]
+        columns = [_one_array(column, pc.pool) for column in table.columns]
         attributes = []
         for (kind, wire, _), column in zip(job.kinds, columns[1:], strict=False):
             attributes.append((orjson.dumps(wire) + b":", _c_column(pa, pc, kind, column)))
@@ -677,7 +668,7 @@ class _Encoder:
         table = job.table
         for number, (kind, _, unit) in enumerate(job.kinds, start=1):
             if kind == _TS:
-                column = table.column(number).combine_chunks(memory_pool=pc.pool)
+                column = _one_array(table.column(number), pc.pool)
                 text = _timestamp_text(pa, pc, column, unit, None)
                 table = table.set_column(number, f"c{number}", text)
         return attrs.evolve(job, table=table)
@@ -1307,6 +1298,11 @@ def _rows(pa: Any, rows: list[int]) -> Any:
     )
 
 
+def _one_array(column: Any, pool: Any) -> Any:
+    """A table's column as one array: its only chunk as it is, or its chunks joined."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks(memory_pool=pool)
+
+
 def _hash_values(np: Any, hashes: Any) -> Any:
     """An Arrow uint64 array's values as numpy's, without a copy."""
     # From the buffer: Array.to_numpy goes through pyarrow's pandas shim (see _scalar).
@@ -1496,7 +1492,7 @@ class _Text:
 
     @classmethod
     def of(cls, pa: Any, column: Any) -> _Text:
-        array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+        array = _one_array(column, None)
         if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
             array = array.cast(pa.large_string())
         _, offsets, data = array.buffers()

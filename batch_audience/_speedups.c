@@ -47,10 +47,13 @@ static int64_t offset_at(const void *p, int wide, Py_ssize_t i) {
     return wide ? ((const int64_t *)p)[i] : (int64_t)((const int32_t *)p)[i];
 }
 
+/* Bit `bit` of an Arrow validity bitmap. */
+static int bit_set(const Py_buffer *bitmap, Py_ssize_t bit) {
+    return (((const uint8_t *)bitmap->buf)[bit >> 3] >> (bit & 7)) & 1;
+}
+
 static int is_valid(const Column *c, Py_ssize_t row) {
-    if (!c->has_validity) return 1;
-    Py_ssize_t bit = c->offset + row;
-    return (((const uint8_t *)c->validity.buf)[bit >> 3] >> (bit & 7)) & 1;
+    return !c->has_validity || bit_set(&c->validity, c->offset + row);
 }
 
 static void release_column(Column *c) {
@@ -402,12 +405,7 @@ static char *write_double(char *out, double x) {
         *out++ = '0';
         return out;
     }
-    int64_t fraction = digits % INT_POWERS[k];
-    for (int i = k - 1; i >= 0; i--) {
-        out[i] = (char)('0' + fraction % 10);
-        fraction /= 10;
-    }
-    return out + k;
+    return write_digits(out, digits % INT_POWERS[k], k);
 }
 
 /* The items of a list row: numbers first to last (exclusive). */
@@ -419,8 +417,7 @@ static void items_of(const Column *c, Py_ssize_t row, int64_t *first, int64_t *l
 /* The text of a list's item, or NULL if the item is null. */
 static const uint8_t *item_at(const Column *c, int64_t item, Py_ssize_t *len) {
     Py_ssize_t at = c->item_offset + (Py_ssize_t)item;
-    if (c->has_item_validity && !((((const uint8_t *)c->item_validity.buf)[at >> 3] >> (at & 7)) & 1))
-        return NULL;
+    if (c->has_item_validity && !bit_set(&c->item_validity, at)) return NULL;
     int64_t a = offset_at(c->item_offsets.buf, c->item_wide, at);
     int64_t b = offset_at(c->item_offsets.buf, c->item_wide, at + 1);
     *len = (Py_ssize_t)(b - a);
