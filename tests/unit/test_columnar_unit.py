@@ -1113,6 +1113,29 @@ def test_batches_are_read_one_ahead_from_the_second_on() -> None:
         stream.close()
 
 
+def test_a_stream_stopped_on_a_bad_row_has_no_reading_thread_left() -> None:
+    """Once the error is raised, the reading thread is gone: none is left inside the source
+    when a script ends there (the interpreter aborted when it was)."""
+    schema = pa.schema([("id", pa.string())])
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for number in range(50):
+            yield pa.record_batch({"id": [f"u-{number}-{i}" for i in range(10)]}, schema=schema)
+
+    ids = [f"u-{i}" for i in range(60)]
+    ids[50] = ""
+    for source in (pa.table({"id": ids}), pa.RecordBatchReader.from_batches(schema, batches())):
+        if isinstance(source, pa.RecordBatchReader):
+            chunks = iter_columnar(source, Intake("2", "add"), size=10)
+            next(chunks)
+            chunks.close()  # type: ignore[attr-defined]
+        else:
+            with pytest.raises(ba.ValidationError):
+                list(iter_columnar(source, Intake("2", "add"), size=7))
+        reading = [t for t in threading.enumerate() if t.name == "batch-audience-columnar-read"]
+        assert reading == []
+
+
 def test_the_reading_thread_stops_with_the_stream() -> None:
     """Leaving a stream early stops its prefetching thread (no thread outlives the upload)."""
     table = pa.table({"id": [f"u-{i}" for i in range(3 * _columnar._STEP_ROWS)]})
