@@ -767,7 +767,7 @@ def test_bodies_held_stay_whole_and_memory_is_reused_once_they_are_gone(
 ) -> None:
     """A body is never written over while it is held; once a step's bodies are gone, the next
     step is written into the same memory (the accelerator's arena)."""
-    monkeypatch.setattr(_columnar, "_STEP_ROWS", 300)  # steps of 3 chunks: 7 steps
+    monkeypatch.setattr(_columnar, "_STEP_ROWS", 300)  # steps of 1, 2, then 3 chunks
     table = pa.table({"id": [f"u-{i}" for i in range(2_000)], "n": list(range(2_000))})
     intake = Intake("2", "add")
     held = list(iter_columnar(table, intake, size=100))
@@ -775,7 +775,7 @@ def test_bodies_held_stay_whole_and_memory_is_reused_once_they_are_gone(
     assert [typed(c.entries()) for c in held] == [typed(c.entries()) for c in expected]
     starts = set()
     for chunk in iter_columnar(table, intake, size=100):
-        if chunk.index % 3 == 1:  # the first chunk of a step (the first step is one chunk)
+        if chunk.index >= 3 and chunk.index % 3 == 0:  # the first chunk of a 3-chunk step
             starts.add(np.frombuffer(chunk.body, dtype=np.uint8).ctypes.data)
         del chunk
     if _columnar._speedups is not None:  # DuckDB's bodies are bytes, each allocated anew
@@ -1003,6 +1003,10 @@ def test_the_record_path_does_not_import_the_extra() -> None:
         "from batch_audience._intake import Intake\n"
         "list(iter_chunks(['a', {'id': 'b', 'attributes': {'n': 1}}], Intake('2', 'add')))\n"
         "assert 'pyarrow' not in sys.modules and 'duckdb' not in sys.modules, 'imported'\n"
+        "assert 'numpy' not in sys.modules, 'numpy imported'\n"
+        # Imported with the package, so that a first columnar upload does not import it on
+        # the caller's loop: without its heavy dependencies.
+        "assert 'batch_audience._columnar' in sys.modules\n"
     )
     run_python(code)
 
@@ -1111,6 +1115,23 @@ def test_batches_are_read_one_ahead_from_the_second_on() -> None:
             stream.next_step()
     finally:
         stream.close()
+
+
+def test_steps_grow_from_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first step is one chunk, then 2, 4... up to the step size: the first requests go
+    out early and the next are ready while the server reads them."""
+    monkeypatch.setattr(_columnar, "_STEP_ROWS", 80)
+    intake = Intake("2", "add")
+    table = pa.table({"id": [f"u-{i}" for i in range(395)]})
+    stream = _columnar._Stream(table, intake, intake, 10, 0, prefetch=False)
+    try:
+        sizes = []
+        while places := stream.next_step().places:
+            sizes.append([count for _, _, count, _ in places])
+    finally:
+        stream.close()
+    assert [len(step) for step in sizes] == [1, 2, 4, 8, 8, 8, 8, 1]
+    assert [count for step in sizes for count in step] == [10] * 39 + [5]
 
 
 def test_a_stream_stopped_on_a_bad_row_has_no_reading_thread_left() -> None:
