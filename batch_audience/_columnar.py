@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -241,7 +242,9 @@ class _Pooled:
     The kernels a common upload uses are called by name (``pyarrow._compute.call_function``):
     importing ``pyarrow.compute`` itself (its Python wrappers of every kernel, with their
     docs) holds the GIL ~25 ms, which delayed an upload's first request by ~30 ms. It is
-    imported, in the worker, the first time a function below is not enough.
+    imported, in the worker, the first time a function below is not enough. Even
+    ``pyarrow._compute`` (~5 ms) is imported only at the first kernel called: with the C
+    accelerator the common columns need none.
 
     Python values given to a function (``pc.equal(lengths, 0)``) become Arrow scalars built
     from their bytes (``_scalar``), not through pyarrow's conversion of Python objects.
@@ -249,8 +252,11 @@ class _Pooled:
 
     def __init__(self, pa: Any, pool: Any) -> None:
         self._pa = pa
-        self._compute = _import("pyarrow._compute")
         self.pool = pool
+
+    @functools.cached_property
+    def _compute(self) -> Any:
+        return _import("pyarrow._compute")
 
     def __getattr__(self, name: str) -> Any:
         kernel = _KERNELS.get(name)
@@ -604,8 +610,8 @@ class _Encoder:
         """
         if self._pa is None:
             self._pa, self._np = _import("pyarrow"), _import("numpy")
-            _import("pyarrow._compute")
         if _speedups is None:
+            _import("pyarrow._compute")  # the checks' kernels (the accelerator checks in C)
             self._connection()
 
     def _connection(self) -> Any:
@@ -1004,11 +1010,14 @@ class _Stream:
         assert plan is not None
         rows = batch.num_rows
         ids = _plain_text(pa, pc, batch.column(plan.id_index))
-        suspects = [
-            _mask_rows(pc, pc.fill_null(pc.equal(pc.binary_length(ids), 0), True)),
-            _not_utf8(pa, pc, _STR, ids),
-        ]
-        out_of_range: dict[int, Any] = {}
+        if _speedups is not None:
+            suspects = [_suspects(pa, pc, _STR, ids, required=True)]
+        else:
+            suspects = [
+                _mask_rows(pc, pc.fill_null(pc.equal(pc.binary_length(ids), 0), True)),
+                _not_utf8(pa, pc, _STR, ids),
+            ]
+        out_of_range: dict[int, frozenset[int]] = {}
         columns = [ids]
         kinds: list[tuple[str, str, str]] = []
         for attribute in plan.attributes:
@@ -1016,13 +1025,14 @@ class _Stream:
                 continue
             column, found = self._attribute(attribute, batch.column(attribute.index))
             suspects.extend(found)
-            if attribute.kind == _TS:
+            if attribute.kind == _TS and _speedups is None:
                 bad = _timestamp_out_of_range(pa, pc, column, attribute.unit)
                 if bad is not None:
-                    out_of_range[attribute.index] = bad
+                    out_of_range[attribute.index] = frozenset(_mask_rows(pc, bad).to_pylist())
                     suspects.append(_mask_rows(pc, bad))
-                if _speedups is None:  # the accelerator writes the text itself
-                    column = _timestamp_text(pa, pc, column, attribute.unit, bad)
+                column = _timestamp_text(pa, pc, column, attribute.unit, bad)
+            elif attribute.kind == _TS and found and found[0]:
+                out_of_range[attribute.index] = frozenset(found[0])
             columns.append(column)
             kinds.append((attribute.kind, attribute.wire, attribute.unit))
         has_tags = False
@@ -1030,16 +1040,20 @@ class _Stream:
             batch.schema.field(plan.tags_index).type
         ):
             tags = _plain_list(pa, pc, batch.column(plan.tags_index))
-            suspects += [_tag_rows(pa, pc, tags), _not_utf8(pa, pc, _ARRAY, tags)]
+            suspects.append(_tag_rows(pa, pc, tags))
+            if _speedups is None:  # the accelerator's tag pass flags any byte above 0x7F
+                suspects.append(_not_utf8(pa, pc, _ARRAY, tags))
             columns.append(tags)
             has_tags = True
         error: ValidationError | None = None
-        found = [s for s in suspects if s is not None and len(s)]
-        if found:
-            rows_found = pa.concat_arrays(
-                [pc.cast(s, pa.int64()) for s in found], memory_pool=pc.pool
-            )
-            error = self._check_rows(batch, pc.unique(rows_found), out_of_range)
+        flagged: set[int] = set()
+        for found_rows in suspects:
+            if found_rows is not None and len(found_rows):
+                flagged.update(
+                    found_rows if isinstance(found_rows, list) else found_rows.to_pylist()
+                )
+        if flagged:
+            error = self._check_rows(batch, sorted(flagged), out_of_range)
         size = self._size
         # Only whole chunks before the one holding the bad row are encoded and sent.
         good = rows
@@ -1082,9 +1096,23 @@ class _Stream:
         return _Step(places, job, error)
 
     def _attribute(self, attribute: _Attribute, column: Any) -> tuple[Any, list[Any]]:
-        """The column ready for DuckDB and the rows that may break a rule (Arrow index arrays)."""
+        """The column ready to be written and the rows that may break a rule.
+
+        Rows come as Arrow index arrays, or as lists from the accelerator's pass, which checks
+        the common kinds in one pass each instead of several Arrow kernels.
+        """
         pa, pc = self._pa, self._pc
         kind = attribute.kind
+        if _speedups is not None and kind in _C_CHECKED:
+            if kind == _STR:
+                column = _plain_text(pa, pc, column)
+            elif kind == _ARRAY:
+                column = _plain_list(pa, pc, column)
+            elif kind == _FLOAT and not pa.types.is_float64(column.type):
+                column = pc.cast(column, pa.float64())
+            elif kind == _INT:
+                return column, []  # any integer that fits 64 bits is a valid value
+            return column, [_suspects(pa, pc, kind, column, unit=attribute.unit)]
         found: list[Any] = []
         if kind in (_STR, _DATE_TEXT, _URL_TEXT):
             column = _plain_text(pa, pc, column)
@@ -1127,12 +1155,12 @@ class _Stream:
         return column, found
 
     def _check_rows(
-        self, batch: Any, rows: Any, out_of_range: dict[int, Any]
+        self, batch: Any, rows: list[int], out_of_range: dict[int, frozenset[int]]
     ) -> ValidationError | None:
         """Give each flagged row, in order, to EntryEncoder; return the first broken rule."""
         plan = self._plan
         assert plan is not None
-        for row in sorted(rows.to_pylist()):
+        for row in rows:
             position = self._position + row
             first_chunk = self._index + row // self._size == 0
             encoder = self._encoders[0] if first_chunk else self._encoders[1]
@@ -1151,8 +1179,7 @@ class _Stream:
                 encoder.encode(record, position)
                 for attribute in plan.attributes:
                     if attribute.kind == _TS:
-                        bad = out_of_range.get(attribute.index)
-                        if bad is not None and bad[row].as_py():
+                        if row in out_of_range.get(attribute.index, ()):
                             raise ValidationError(
                                 f"attribute {attribute.name!r} is a timestamp outside years 1 "
                                 "to 9999, which a date attribute cannot hold",
@@ -1329,8 +1356,12 @@ _C_STR, _C_FLOAT, _C_INT, _C_UINT, _C_LIST, _C_TS, _C_DOUBLE = 0, 2, 3, 4, 5, 6,
 _EMPTY: Final = b""
 
 
-def _c_column(pa: Any, pc: Any, kind: str, array: Any) -> tuple[object, ...]:
-    """An attribute column as the accelerator reads it: its kind, offset and buffers."""
+def _c_column(pa: Any, pc: Any, kind: str, array: Any, *, fixed: bool = True) -> tuple[object, ...]:
+    """An attribute column as the accelerator reads it: its kind, offset and buffers.
+
+    A float64 column is read as its doubles unless ``fixed`` asks for a column the writer can
+    write, which is its text when some value needs more than a few decimals.
+    """
     types = pa.types
     if kind in (_INT, _UINT64) and not (types.is_int64(array.type) or types.is_uint64(array.type)):
         array = pc.cast(array, pa.int64())
@@ -1338,7 +1369,7 @@ def _c_column(pa: Any, pc: Any, kind: str, array: Any) -> tuple[object, ...]:
         values = array.buffers()[1]
         validity = array.buffers()[0] if array.null_count else None
         doubles = (_C_DOUBLE, array.offset, False, validity, None, values)
-        if _speedups.fixed_doubles(doubles, len(array)):
+        if not fixed or _speedups.fixed_doubles(doubles, len(array)):
             return doubles  # few decimals (the common case): written by the accelerator
         # Arrow writes the shortest text that reads back as the same double; the accelerator
         # adds ".0" to a whole number, so that it stays a float on the wire.
@@ -1371,6 +1402,30 @@ def _c_column(pa: Any, pc: Any, kind: str, array: Any) -> tuple[object, ...]:
     _, offsets, data = array.buffers()
     wide = types.is_large_string(array.type)
     return (code, array.offset, wide, validity, offsets, data or _EMPTY)
+
+
+# The kinds the accelerator's suspect_rows checks (text with a date or URL form still goes
+# through Arrow's kernels: regular expressions).
+_C_CHECKED: Final = frozenset({_STR, _INT, _UINT64, _FLOAT, _TS, _ARRAY})
+
+
+def _suspects(
+    pa: Any, pc: Any, kind: str, column: Any, *, required: bool = False, unit: str = "s"
+) -> list[int]:
+    """The rows of a column that may break a rule, from the accelerator's one pass.
+
+    A row flagged here only goes to the record rules (``_check_rows``), which judge it.
+    """
+    low, high = -(2**63), 2**63 - 1
+    if kind == _TS and unit != "ns":  # 64-bit nanoseconds reach only years 1677 to 2262
+        low, high = _TS_MIN_S * _PER_SECOND[unit], _TS_MAX_S * _PER_SECOND[unit]
+    max_chars = MAX_STRING_LENGTH if kind in (_STR, _ARRAY) and not required else -1
+    max_items = MAX_ARRAY_ITEMS if kind == _ARRAY else -1
+    spec = _c_column(pa, pc, kind, column, fixed=False)
+    rows: list[int] = _speedups.suspect_rows(
+        spec, len(column), required, max_chars, max_items, low, high
+    )
+    return rows
 
 
 def _any(pc: Any, mask: Any) -> bool:

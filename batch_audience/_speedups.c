@@ -1,9 +1,10 @@
 /* Optional accelerator of the columnar path: Arrow columns in, JSON chunk bodies out.
  *
- * _columnar.py checks every row first (with Arrow's kernels, and with the passes here:
- * first_not_utf8, suspect_tag_rows, fixed_doubles); write_chunks then writes the checked
- * rows as JSON, the entries the DuckDB query beside it writes, with the GIL released, so the
- * event loop runs while a step is written, into an Arena's memory reused from step to step.
+ * _columnar.py checks every row first: the passes here (suspect_rows, suspect_tag_rows) flag
+ * the rows that may break a rule, for the record rules to judge (Arrow's kernels check text
+ * of a date or URL form); write_chunks then writes the checked rows as JSON, the entries the
+ * DuckDB query beside it writes, with the GIL released, so the event loop runs while a step
+ * is written, into an Arena's memory reused from step to step.
  * What the checks should have stopped (a null list item, bytes that are not UTF-8, a date
  * outside years 1 to 9999) makes it return the row's number instead, and the caller writes
  * that step with DuckDB. Nothing here is required: without a C compiler the package installs
@@ -869,6 +870,34 @@ static int is_utf8(const uint8_t *s, Py_ssize_t n) {
     return 1;
 }
 
+/* Whether the text of rows 0 to rows - 1 of a text or list column is all ASCII. The rows'
+ * bytes are contiguous: when none is above 0x7F (the common case), every row is UTF-8 and
+ * counts one character per byte, and rows need not be looked at one by one. */
+static int rows_are_ascii(const Column *c, Py_ssize_t rows) {
+    const uint8_t *bytes;
+    int64_t begin, end;
+    if (c->kind == K_STR) {
+        bytes = c->data.buf;
+        begin = offset_at(c->offsets.buf, c->wide, c->offset);
+        end = offset_at(c->offsets.buf, c->wide, c->offset + rows);
+    } else {
+        bytes = c->item_data.buf;
+        begin = offset_at(c->item_offsets.buf, c->item_wide,
+                          c->item_offset + offset_at(c->offsets.buf, c->wide, c->offset));
+        end = offset_at(c->item_offsets.buf, c->item_wide,
+                        c->item_offset + offset_at(c->offsets.buf, c->wide, c->offset + rows));
+    }
+    int64_t i = begin;
+    for (; i + 8 <= end; i += 8) {
+        uint64_t w;
+        memcpy(&w, bytes + i, 8);
+        if (w & HIGHS) return 0;
+    }
+    for (; i < end; i++)
+        if (bytes[i] >= 0x80) return 0;
+    return 1;
+}
+
 PyDoc_STRVAR(first_not_utf8_doc,
              "first_not_utf8(column, rows)\n--\n\n"
              "The first of the column's rows whose text (or an item of whose list) is not "
@@ -883,29 +912,7 @@ static PyObject *first_not_utf8(PyObject *self, PyObject *args) {
         return NULL;
     Py_ssize_t found = -1;
     Py_BEGIN_ALLOW_THREADS
-    /* The rows' bytes are contiguous: when none is above 0x7F (ASCII, the common case), every
-     * row is UTF-8, and rows need not be looked at one by one. */
-    const uint8_t *bytes;
-    int64_t begin, end;
-    if (c.kind == K_STR) {
-        bytes = c.data.buf;
-        begin = offset_at(c.offsets.buf, c.wide, c.offset);
-        end = offset_at(c.offsets.buf, c.wide, c.offset + rows);
-    } else {
-        bytes = c.item_data.buf;
-        begin = offset_at(c.item_offsets.buf, c.item_wide,
-                          c.item_offset + offset_at(c.offsets.buf, c.wide, c.offset));
-        end = offset_at(c.item_offsets.buf, c.item_wide,
-                        c.item_offset + offset_at(c.offsets.buf, c.wide, c.offset + rows));
-    }
-    int ascii = 1;
-    int64_t i = begin;
-    for (; i + 8 <= end && ascii; i += 8) {
-        uint64_t w;
-        memcpy(&w, bytes + i, 8);
-        ascii = !(w & HIGHS);
-    }
-    for (; i < end && ascii; i++) ascii = bytes[i] < 0x80;
+    int ascii = rows_are_ascii(&c, rows);
     for (Py_ssize_t row = 0; row < rows && found < 0 && !ascii; row++) {
         if (c.kind == K_STR) {
             Py_ssize_t n;
@@ -924,6 +931,20 @@ static PyObject *first_not_utf8(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     release_column(&c);
     return PyLong_FromSsize_t(found);
+}
+
+/* Row numbers as a Python list. */
+static PyObject *row_list(const Py_ssize_t *rows, Py_ssize_t count) {
+    PyObject *result = PyList_New(count);
+    for (Py_ssize_t i = 0; result && i < count; i++) {
+        PyObject *row = PyLong_FromSsize_t(rows[i]);
+        if (!row) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, i, row);
+    }
+    return result;
 }
 
 /* Whether a tag may break the tag rule: empty, too long, or holding a byte other than
@@ -979,15 +1000,96 @@ static PyObject *suspect_tag_rows(PyObject *self, PyObject *args) {
     }
     Py_END_ALLOW_THREADS
     release_column(&c);
-    PyObject *result = PyList_New(count);
-    for (Py_ssize_t i = 0; result && i < count; i++) {
-        PyObject *row = PyLong_FromSsize_t(found[i]);
-        if (!row) {
-            Py_CLEAR(result);
-            break;
-        }
-        PyList_SET_ITEM(result, i, row);
+    PyObject *result = row_list(found, count);
+    PyMem_RawFree(found);
+    return result;
+}
+
+/* The characters of UTF-8 text: its bytes that do not continue a sequence. */
+static Py_ssize_t utf8_length(const uint8_t *s, Py_ssize_t n) {
+    Py_ssize_t count = 0;
+    for (Py_ssize_t i = 0; i < n; i++) count += (s[i] & 0xC0) != 0x80;
+    return count;
+}
+
+/* Whether a text value may break a rule: empty when required, more than max_chars characters
+ * (max_chars >= 0), or not UTF-8 (known to be UTF-8 when `ascii`). */
+static int suspect_text(const uint8_t *s, Py_ssize_t n, int ascii, int required,
+                        Py_ssize_t max_chars) {
+    if (required && n == 0) return 1;
+    if (ascii) return max_chars >= 0 && n > max_chars;
+    if (!is_utf8(s, n)) return 1;
+    return max_chars >= 0 && n > max_chars && utf8_length(s, n) > max_chars;
+}
+
+/* Whether a row of a column may break a rule (see suspect_rows); `ascii`: all its text is. */
+static int suspect_row(const Column *c, Py_ssize_t row, int ascii, int required,
+                       Py_ssize_t max_chars, Py_ssize_t max_items, int64_t low, int64_t high) {
+    if (!is_valid(c, row)) return required;
+    Py_ssize_t n;
+    const uint8_t *s;
+    switch (c->kind) {
+    case K_STR:
+        s = text_at(c, row, &n);
+        return suspect_text(s, n, ascii, required, max_chars);
+    case K_DOUBLE:
+        return !isfinite(((const double *)c->data.buf)[c->offset + row]);
+    case K_UINT:
+        return ((const uint64_t *)c->data.buf)[c->offset + row] > (uint64_t)INT64_MAX;
+    case K_TS: {
+        int64_t v = ((const int64_t *)c->data.buf)[c->offset + row];
+        return v < low || v >= high;
     }
+    case K_LIST: {
+        int64_t first, last;
+        items_of(c, row, &first, &last);
+        if (max_items >= 0 && last - first > max_items) return 1;
+        for (int64_t item = first; item < last; item++) {
+            s = item_at(c, item, &n);
+            if (!s || suspect_text(s, n, ascii, 0, max_chars)) return 1; /* a null item too */
+        }
+        return 0;
+    }
+    default: /* K_INT: every value is valid */
+        return 0;
+    }
+}
+
+PyDoc_STRVAR(suspect_rows_doc,
+             "suspect_rows(column, rows, required, max_chars, max_items, low, high)\n--\n\n"
+             "The rows of a column that may break a rule, in order: null or empty when "
+             "required; text (or a list's item) that is not UTF-8 or longer than max_chars "
+             "characters (when >= 0); a list longer than max_items (when >= 0) or with a null "
+             "item; a float64 that is not finite; a uint64 above 2**63 - 1; a timestamp outside "
+             "[low, high). The record rules then judge each one.");
+
+static PyObject *suspect_rows(PyObject *self, PyObject *args) {
+    PyObject *spec;
+    Py_ssize_t rows, max_chars, max_items;
+    int required;
+    long long low, high;
+    Column c;
+    if (!PyArg_ParseTuple(args, "OnpnnLL", &spec, &rows, &required, &max_chars, &max_items,
+                          &low, &high))
+        return NULL;
+    unsigned kinds = 1u << K_STR | 1u << K_DOUBLE | 1u << K_UINT | 1u << K_TS | 1u << K_LIST |
+                     1u << K_INT;
+    if (parse_column_of(spec, &c, kinds, "checkable values", rows) < 0) return NULL;
+    Py_ssize_t *found = PyMem_RawMalloc(sizeof(Py_ssize_t) * (rows ? rows : 1));
+    if (!found) {
+        release_column(&c);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t count = 0;
+    Py_BEGIN_ALLOW_THREADS
+    int ascii = (c.kind == K_STR || c.kind == K_LIST) && rows_are_ascii(&c, rows);
+    for (Py_ssize_t row = 0; row < rows; row++)
+        if (suspect_row(&c, row, ascii, required, max_chars, max_items, (int64_t)low,
+                        (int64_t)high))
+            found[count++] = row;
+    Py_END_ALLOW_THREADS
+    release_column(&c);
+    PyObject *result = row_list(found, count);
     PyMem_RawFree(found);
     return result;
 }
@@ -1017,6 +1119,7 @@ static PyObject *fixed_doubles(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"fixed_doubles", fixed_doubles, METH_VARARGS, fixed_doubles_doc},
     {"suspect_tag_rows", suspect_tag_rows, METH_VARARGS, suspect_tag_rows_doc},
+    {"suspect_rows", suspect_rows, METH_VARARGS, suspect_rows_doc},
     {"write_chunks", write_chunks, METH_VARARGS, write_chunks_doc},
     {"first_not_utf8", first_not_utf8, METH_VARARGS, first_not_utf8_doc},
     {NULL, NULL, 0, NULL},
