@@ -713,10 +713,14 @@ class _Encoder:
         recent = self._recent
         known_from = recent[0][1] if recent else first
         ordered = np.sort(_hash_values(np, hashes))
-        # One stable sort of already sorted runs is a merge: cheap. Equal neighbours = a repeat.
-        merged = np.concatenate([*(s for _, _, s in recent), ordered])
-        merged.sort(kind="stable")
-        repeats = bool((merged[1:] == merged[:-1]).any())
+        if _speedups is not None:
+            # Equal neighbours are a repeat within the step; one merge per recent step finds
+            # one with it (~4x less time than merging the window by sorting, below).
+            repeats = bool((ordered[1:] == ordered[:-1]).any()) or any(
+                _speedups.sorted_share(s, ordered) for _, _, s in recent
+            )
+        else:
+            repeats = _repeat_in(np, [*(s for _, _, s in recent), ordered])
         full = [*recent, (hashes, first, ordered)]
         # Kept for the next step: the steps that cover the last _WINDOW_CHUNKS chunks.
         kept = list(full)
@@ -733,6 +737,7 @@ class _Encoder:
         )
         # Only the rows whose hash repeats (few) are paired: each distinct (hash, chunk) once,
         # sorted by hash, then chunk.
+        merged = np.sort(ids)
         picked = np.isin(ids, merged[1:][merged[1:] == merged[:-1]])
         ids, numbers = ids[picked], numbers[picked]
         order = np.lexsort((numbers, ids))
@@ -1342,6 +1347,14 @@ def _rows(pa: Any, rows: list[int]) -> Any:
 def _one_array(column: Any, pool: Any) -> Any:
     """A table's column as one array: its only chunk as it is, or its chunks joined."""
     return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks(memory_pool=pool)
+
+
+def _repeat_in(np: Any, runs: list[Any]) -> bool:
+    """Whether sorted runs of hashes hold a value twice, within a run or between two."""
+    # One stable sort of already sorted runs is a merge: cheap. Equal neighbours = a repeat.
+    merged = np.concatenate(runs)
+    merged.sort(kind="stable")
+    return bool((merged[1:] == merged[:-1]).any())
 
 
 def _hash_values(np: Any, hashes: Any) -> Any:

@@ -124,6 +124,16 @@ def test_suspect_rows_flag_what_the_rules_may_refuse(speedups: Any) -> None:
     assert suspects(_columnar._ARRAY, lists.slice(0, 7)) == [2, 3, 4]  # all ASCII
 
 
+def test_sorted_share_finds_a_common_value(speedups: Any) -> None:
+    """Two ascending runs of hashes share a value, or not, wherever it sits in either."""
+    a = np.array([1, 5, 9, 2**64 - 1], np.uint64)
+    assert not speedups.sorted_share(a, np.array([0, 2, 6, 10], np.uint64))
+    assert speedups.sorted_share(a, np.array([0, 2, 9], np.uint64))
+    assert speedups.sorted_share(np.array([2**64 - 1], np.uint64), a)
+    assert speedups.sorted_share(a, np.array([1], np.uint64))
+    assert not speedups.sorted_share(a, np.array([], np.uint64))
+
+
 def test_common_columns_do_not_import_pyarrow_compute(speedups: Any, tmp_path: Path) -> None:
     """Text, numbers, timestamps and tags are checked without importing pyarrow.compute.
 
