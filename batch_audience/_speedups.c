@@ -967,17 +967,29 @@ static PyObject *first_not_utf8(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(found);
 }
 
-/* Row numbers as a Python list. */
-static PyObject *row_list(const Py_ssize_t *rows, Py_ssize_t count) {
+/* Room for a row number per row of a column, or NULL (MemoryError, the column released). */
+static Py_ssize_t *row_room(Column *c, Py_ssize_t rows) {
+    Py_ssize_t *found = PyMem_RawMalloc(sizeof(Py_ssize_t) * (rows ? rows : 1));
+    if (!found) {
+        release_column(c);
+        PyErr_NoMemory();
+    }
+    return found;
+}
+
+/* The first `count` row numbers of `found` as a Python list; the column and `found` released. */
+static PyObject *rows_found(Column *c, Py_ssize_t *found, Py_ssize_t count) {
+    release_column(c);
     PyObject *result = PyList_New(count);
     for (Py_ssize_t i = 0; result && i < count; i++) {
-        PyObject *row = PyLong_FromSsize_t(rows[i]);
+        PyObject *row = PyLong_FromSsize_t(found[i]);
         if (!row) {
             Py_CLEAR(result);
             break;
         }
         PyList_SET_ITEM(result, i, row);
     }
+    PyMem_RawFree(found);
     return result;
 }
 
@@ -1012,11 +1024,8 @@ static PyObject *suspect_tag_rows(PyObject *self, PyObject *args) {
     Column c;
     if (!PyArg_ParseTuple(args, "Onn", &spec, &rows, &max_length)) return NULL;
     if (parse_column_of(spec, &c, 1u << K_LIST, "lists of text", rows) < 0) return NULL;
-    Py_ssize_t *found = PyMem_RawMalloc(sizeof(Py_ssize_t) * (rows ? rows : 1));
-    if (!found) {
-        release_column(&c);
-        return PyErr_NoMemory();
-    }
+    Py_ssize_t *found = row_room(&c, rows);
+    if (!found) return NULL;
     Py_ssize_t count = 0;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t row = 0; row < rows; row++) {
@@ -1033,10 +1042,7 @@ static PyObject *suspect_tag_rows(PyObject *self, PyObject *args) {
         }
     }
     Py_END_ALLOW_THREADS
-    release_column(&c);
-    PyObject *result = row_list(found, count);
-    PyMem_RawFree(found);
-    return result;
+    return rows_found(&c, found, count);
 }
 
 /* The characters of UTF-8 text: its bytes that do not continue a sequence. */
@@ -1109,11 +1115,8 @@ static PyObject *suspect_rows(PyObject *self, PyObject *args) {
     unsigned kinds = 1u << K_STR | 1u << K_DOUBLE | 1u << K_UINT | 1u << K_TS | 1u << K_LIST |
                      1u << K_INT;
     if (parse_column_of(spec, &c, kinds, "checkable values", rows) < 0) return NULL;
-    Py_ssize_t *found = PyMem_RawMalloc(sizeof(Py_ssize_t) * (rows ? rows : 1));
-    if (!found) {
-        release_column(&c);
-        return PyErr_NoMemory();
-    }
+    Py_ssize_t *found = row_room(&c, rows);
+    if (!found) return NULL;
     Py_ssize_t count = 0;
     Py_BEGIN_ALLOW_THREADS
     int ascii = (c.kind == K_STR || c.kind == K_LIST) && rows_are_ascii(&c, rows);
@@ -1122,10 +1125,7 @@ static PyObject *suspect_rows(PyObject *self, PyObject *args) {
                         (int64_t)high))
             found[count++] = row;
     Py_END_ALLOW_THREADS
-    release_column(&c);
-    PyObject *result = row_list(found, count);
-    PyMem_RawFree(found);
-    return result;
+    return rows_found(&c, found, count);
 }
 
 PyDoc_STRVAR(fixed_doubles_doc,
