@@ -1033,10 +1033,12 @@ class _Stream:
             if attribute.kind == _TS and _speedups is None:
                 bad = _timestamp_out_of_range(pa, pc, column, attribute.unit)
                 if bad is not None:
-                    out_of_range[attribute.index] = frozenset(_mask_rows(pc, bad).to_pylist())
-                    suspects.append(_mask_rows(pc, bad))
+                    outside = _mask_rows(pc, bad)
+                    out_of_range[attribute.index] = frozenset(outside.to_pylist())
+                    suspects.append(outside)
                 column = _timestamp_text(pa, pc, column, attribute.unit, bad)
-            elif attribute.kind == _TS and found and found[0]:
+            elif attribute.kind == _TS and found[0]:
+                # The accelerator flags a timestamp only when it is outside years 1 to 9999.
                 out_of_range[attribute.index] = frozenset(found[0])
             columns.append(column)
             kinds.append((attribute.kind, attribute.wire, attribute.unit))
@@ -1372,8 +1374,8 @@ _EMPTY: Final = b""
 def _c_column(pa: Any, pc: Any, kind: str, array: Any, *, fixed: bool = True) -> tuple[object, ...]:
     """An attribute column as the accelerator reads it: its kind, offset and buffers.
 
-    A float64 column is read as its doubles unless ``fixed`` asks for a column the writer can
-    write, which is its text when some value needs more than a few decimals.
+    A float64 column comes as its doubles; with ``fixed`` (for the writer), as Arrow's text of
+    its values instead when one of them needs more than 8 decimals.
     """
     types = pa.types
     if kind in (_INT, _UINT64) and not (types.is_int64(array.type) or types.is_uint64(array.type)):
