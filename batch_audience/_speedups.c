@@ -315,22 +315,28 @@ static char *write2(char *out, int64_t v) {
     return out + 2;
 }
 
+/* 10^0 to 10^19: a uint64's digits are counted against them. */
+static const uint64_t POWERS_OF_TEN[20] = {
+    1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL, 100000ULL, 1000000ULL, 10000000ULL, 100000000ULL,
+    1000000000ULL, 10000000000ULL, 100000000000ULL, 1000000000000ULL, 10000000000000ULL,
+    100000000000000ULL, 1000000000000000ULL, 10000000000000000ULL, 100000000000000000ULL,
+    1000000000000000000ULL, 10000000000000000000ULL};
+
+/* v in decimal, written in place from its last digit back (no copy). */
 static char *write_uint(char *out, uint64_t v) {
-    char digits[20];
-    int n = 20;
+    int n = 1;
+    while (n < 20 && v >= POWERS_OF_TEN[n]) n++;
+    char *end = out + n, *p = end;
     while (v >= 100) {
-        n -= 2;
-        memcpy(digits + n, PAIRS + 2 * (v % 100), 2);
+        p -= 2;
+        memcpy(p, PAIRS + 2 * (v % 100), 2);
         v /= 100;
     }
-    if (v >= 10) {
-        n -= 2;
-        memcpy(digits + n, PAIRS + 2 * v, 2);
-    } else {
-        digits[--n] = (char)('0' + v);
-    }
-    copy_short(out, digits + n, 20 - n);
-    return out + 20 - n;
+    if (v >= 10)
+        memcpy(p - 2, PAIRS + 2 * v, 2);
+    else
+        p[-1] = (char)('0' + v);
+    return end;
 }
 
 static char *write_digits(char *out, int64_t v, int width) {

@@ -1117,6 +1117,25 @@ def test_batches_are_read_one_ahead_from_the_second_on() -> None:
         stream.close()
 
 
+def test_integers_at_every_digit_count() -> None:
+    """Integers of each number of digits, at its bounds, signed and unsigned, as records."""
+    edges = sorted({v for k in range(19) for v in (10**k - 1, 10**k)} | {2**63 - 1})
+    signed = [*edges, *(-v for v in edges), -(2**63)]
+    unsigned = edges  # above 2**63 - 1 is refused (test above)
+    table = pa.table(
+        {
+            "id": [f"u-{i}" for i in range(len(signed))],
+            "n": pa.array(signed, pa.int64()),
+            "u": pa.array(unsigned + [0] * (len(signed) - len(unsigned)), pa.uint64()),
+        }
+    )
+    expected, got = both(table)
+    assert got == expected
+    entries = [entry for _, _, chunk in got[0] for entry in chunk]
+    assert [e["attributes"]["n"] for e in entries] == signed
+    assert got[1] == ("", None, None)
+
+
 def test_steps_grow_from_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     """The first step is one chunk, then 2, 4... up to the step size: the first requests go
     out early and the next are ready while the server reads them."""
