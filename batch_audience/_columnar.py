@@ -1117,8 +1117,6 @@ class _Stream:
                 column = _plain_list(pa, pc, column)
             elif kind == _FLOAT and not pa.types.is_float64(column.type):
                 column = pc.cast(column, pa.float64())
-            elif kind == _INT:
-                return column, []  # any integer that fits 64 bits is a valid value
             return column, [_suspects(pa, pc, kind, column, unit=attribute.unit)]
         found: list[Any] = []
         if kind in (_STR, _DATE_TEXT, _URL_TEXT):
@@ -1420,8 +1418,8 @@ def _c_column(pa: Any, pc: Any, kind: str, array: Any, *, fixed: bool = True) ->
 
 
 # The kinds the accelerator's suspect_rows checks (text with a date or URL form still goes
-# through Arrow's kernels: regular expressions).
-_C_CHECKED: Final = frozenset({_STR, _INT, _UINT64, _FLOAT, _TS, _ARRAY})
+# through Arrow's kernels: regular expressions; a 64-bit integer needs no check at all).
+_C_CHECKED: Final = frozenset({_STR, _UINT64, _FLOAT, _TS, _ARRAY})
 
 
 def _suspects(
