@@ -21,7 +21,7 @@ import pytest
 
 import batch_audience as ba
 from batch_audience._checkpoint import contiguous, resumable
-from batch_audience._cli import Console, ProgressBar
+from batch_audience._cli.output import Console, ProgressBar
 from batch_audience.testing import FakeBatchServer
 
 REST = "CANARYcliREST41d7"

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 import batch_audience as ba
-from batch_audience._cli import Console, _PhaseBars
+from batch_audience._cli.output import Console
+from batch_audience._cli.sync import _PhaseBars
 from batch_audience.testing import FakeBatchServer
 from tests.integration.test_cli import (
     APP,
