@@ -221,6 +221,10 @@ class Session:
         self._ssl = ssl
         self._semaphore = asyncio.Semaphore(limits.max_in_flight)
         self._closed = False
+        self._closed_reason = "the client is closed"
+        # The loop of the first request: the session, its connections and the semaphore
+        # belong to it. None until then, so a client can be made outside any loop.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def closed(self) -> bool:
@@ -229,7 +233,7 @@ class Session:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._closed:
-            raise ClientClosedError("the client is closed")
+            raise ClientClosedError(self._closed_reason)
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=self.limits.max_in_flight, ssl=self._ssl)
             self._session = aiohttp.ClientSession(
@@ -245,6 +249,34 @@ class Session:
         self._closed = True
         if self._owns_session and self._session is not None:
             await self._session.close()
+
+    async def _check_loop(self) -> None:
+        """Bind to the loop of the first request; refuse any other with ClientClosedError.
+
+        A client used under a second ``asyncio.run()`` would otherwise fail deep in aiohttp
+        with "Event loop is closed", and its session would be reported unclosed at exit.
+        """
+        loop = asyncio.get_running_loop()
+        first = self._loop
+        if first is loop:
+            return
+        if first is None:
+            self._loop = loop
+            return
+        message = (
+            "this client was first used in another event loop (an earlier asyncio.run()?): "
+            "a client, its connections and its limits belong to one loop; make the client "
+            "inside the coroutine that asyncio.run() runs: async with ba.AudienceClient(...)"
+        )
+        if first.is_closed():
+            # That loop is gone, and with it every use of this client: close the client.
+            # aiohttp closes nothing on a closed loop, so closing the session here only
+            # marks it closed, and nothing reports it unclosed at exit.
+            self._closed = True
+            self._closed_reason = message
+            if self._owns_session and self._session is not None:
+                await self._session.close()
+        raise ClientClosedError(message)
 
     async def wait(self, seconds: float) -> None:
         """Sleep through the injectable sleep (tests run with zero waits)."""
@@ -281,6 +313,8 @@ class Session:
         the budget says (Retry-After, or the refused IDs at the new rate), and it does not use
         up an attempt while the server keeps accepting this client's writes (spec §7).
         """
+        if self._loop is not asyncio.get_running_loop():
+            await self._check_loop()
         policy = retry or self.retry
         clock = self._clock
         deadline = None if policy.deadline is None else clock() + policy.deadline

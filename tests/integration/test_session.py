@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import time
 
 import aiohttp
@@ -504,3 +506,38 @@ async def test_the_deadline_cuts_an_attempts_timeout(
     assert "deadline of 1 s passed" in "".join(caught.value.__notes__)
     # Before the fix the retry ran its full 5 s; generous against a loaded machine.
     assert 0.9 <= elapsed < 4.0
+
+
+SECOND_RUN = """
+import asyncio, sys
+import batch_audience as ba
+from batch_audience.testing import FakeBatchServer
+
+loop = asyncio.new_event_loop()  # the fake serves from its own thread; this loop only starts it
+server = loop.run_until_complete(FakeBatchServer().__aenter__())
+client = ba.AudienceClient(server.rest_key, server.project_key, base_url=server.url)
+asyncio.run(client.create("x"))
+try:
+    asyncio.run(client.view("x"))
+except ba.ClientClosedError as exc:
+    print("ClientClosedError:", exc)
+try:
+    asyncio.run(client.view("x"))
+except ba.ClientClosedError as exc:
+    print("again:", exc)
+"""
+
+
+def test_a_client_under_a_second_asyncio_run_raises_client_closed_error() -> None:
+    """A client reused under a second asyncio.run() raises ClientClosedError saying why, and
+    nothing reports an unclosed session or a closed loop."""
+    result = subprocess.run(
+        [sys.executable, "-c", SECOND_RUN], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("ClientClosedError: this client was first used in another event")
+    assert "asyncio.run()" in lines[0]
+    assert lines[1].startswith("again: this client was first used in another event loop")
+    assert "Unclosed" not in result.stderr and "Event loop is closed" not in result.stderr
+    assert result.stderr == ""
