@@ -49,11 +49,18 @@ class Record:
 
 
 class IndexingState(enum.StrEnum):
-    """Where Batch is in applying a write (spec §2.4); unknown values stay plain strings."""
+    """Where Batch is in applying a write (spec §2.4); unknown values stay plain strings.
+
+    A state is the string it equals, and prints as one: ``{'APPLIED'}``, not
+    ``{<IndexingState.APPLIED: 'APPLIED'>}``, in a set, a dict or a report.
+    """
 
     IN_PROGRESS = "IN_PROGRESS"
     APPLIED = "APPLIED"
     REPLACED = "REPLACED"
+
+    def __repr__(self) -> str:
+        return repr(self.value)
 
 
 DONE_STATES: Final = frozenset({IndexingState.APPLIED, IndexingState.REPLACED})

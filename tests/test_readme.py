@@ -23,9 +23,10 @@ def test_readme_has_examples() -> None:
     "code", [pytest.param(b, id=f"block-{i}") for i, b in enumerate(BLOCKS) if "asyncio.run" in b]
 )
 def test_readme_example_runs(code: str) -> None:
-    """The example exits 0 and prints no traceback."""
+    """The example exits 0, prints no traceback and prints values as people read them."""
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
+    assert "<IndexingState" not in result.stdout  # {'APPLIED'}, not an enum's repr
