@@ -27,6 +27,11 @@ settings.register_profile(
 settings.load_profile("batch_audience")
 
 
+def pytest_report_header() -> str:
+    """Which batch_audience the run tests: the checkout's, or an installed wheel's (CI)."""
+    return f"batch_audience {ba.__version__} from {os.path.dirname(ba.__file__)}"
+
+
 class RecordingSleep:
     """A sleep that returns at once and records every wait asked for (seconds)."""
 
