@@ -164,7 +164,9 @@ class SourceError(ValidationError):
         if self.record_id is not None:
             parts.append(f"id {_show(self.record_id)}")
         where = f"{', '.join(parts)}: " if parts else ""
-        return f"{self.source}:{self.line}: {where}{self.rule}{self._tail()}"
+        # Line 0: about no line (a Parquet file's schema): the file alone, not "file:0:".
+        at = f"{self.source}:{self.line}" if self.line else self.source
+        return f"{at}: {where}{self.rule}{self._tail()}"
 
     def __reduce__(self) -> Any:
         return (
@@ -565,12 +567,36 @@ class CsvReader(RecordReader):
             yield record, start
 
     def _next_row(self, rows: Iterator[list[str]]) -> list[str] | None:
+        start = self._physical + 1  # the csv module reads a row's lines only as it needs them
         try:
             return next(rows)
         except StopIteration:
             return None
         except csv.Error as exc:
-            raise self._error(f"malformed CSV: {exc}") from None
+            raise self._csv_error(str(exc), start) from None
+
+    def _csv_error(self, message: str, start: int) -> SourceError:
+        """The csv module's error, at the line where the row began when a quote ran on.
+
+        An unclosed quote swallows every line after it: the csv module then fails at the end
+        of the file, or thousands of lines later once the field passes its size limit. Either
+        way the mistake is in the row that started at ``start``.
+        """
+        fix = 'close the quote, or write a quote inside a quoted field as ""'
+        if "unexpected end of data" in message:
+            return self._error(
+                f"a quote opened in the row that starts here is never closed (the file ends "
+                f"inside it, on line {self._physical}): {fix}",
+                line=start,
+            )
+        if "field larger than field limit" in message and self._physical > start:
+            return self._error(
+                f"a quote opened in the row that starts here is never closed: the quoted "
+                f"field runs on to line {self._physical} and past "
+                f"{csv.field_size_limit():,} characters: {fix}",
+                line=start,
+            )
+        return self._error(f"malformed CSV: {message}")
 
     def _parse_header(
         self, header: list[str], line: int

@@ -132,7 +132,9 @@ def test_csv_skip_resumes_after_the_first_records() -> None:
         pytest.param("id,date:d\nu-1,2024-01-02T10:00:00\n", 2, "no time zone", id="naive-date"),
         pytest.param("id,date:d\nu-1,2024-01-02\n", 2, "no time zone", id="date-only"),
         pytest.param("id,date:d\nu-1,yesterday\n", 2, "ISO-8601", id="not-a-date"),
-        pytest.param('id\n"u-1\n', 2, "malformed CSV", id="unclosed-quote"),
+        pytest.param(
+            'id\n"u-1\n', 2, "quote opened in the row that starts here", id="unclosed-quote"
+        ),
     ],
 )
 def test_csv_errors_name_the_line(text: str, line: int, needle: str) -> None:
@@ -142,6 +144,19 @@ def test_csv_errors_name_the_line(text: str, line: int, needle: str) -> None:
     assert needle in error.rule
     assert str(error).startswith(f"data.csv:{line}: ")
     assert isinstance(error, ValidationError)
+
+
+@pytest.mark.parametrize("after", [3_000, 20_000], ids=["file-ends-inside", "past-field-limit"])
+def test_csv_unclosed_quote_is_reported_where_its_row_starts(after: int) -> None:
+    """An unclosed quote is named at the line of its row, not where the csv module gave up."""
+    rows = [f"u-{i},pro" for i in range(5)] + ['u-5,"pro'] + [f"u-{i},x" for i in range(after)]
+    text = "id,plan\n" + "\n".join(rows) + "\n"
+    error = error_of(iter(CsvReader(io.BytesIO(text.encode()), name="data.csv")))
+    assert str(error).startswith(
+        "data.csv:7: record 6: a quote opened in the row that starts here is never closed"
+    )
+    assert 'write a quote inside a quoted field as ""' in error.rule
+    assert "field larger than field limit" not in str(error)
 
 
 def test_csv_undecodable_byte_names_line_and_column() -> None:
