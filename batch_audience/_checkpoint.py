@@ -414,6 +414,11 @@ class ResumableUpload:
         """Whether an earlier run already had every record acknowledged."""
         return self._done
 
+    @property
+    def earlier_requests(self) -> int:
+        """Requests that earlier runs had acknowledged (the report of ``run`` counts them)."""
+        return len(self._earlier)
+
     # -- the upload ------------------------------------------------------------------------
 
     async def run(

@@ -4,7 +4,7 @@ Synopsis (global options may come before or after the command)::
 
     batch-audience [--api 2|1.0|1.1] [--base-url URL] [--rest-key K] [--project-key K]
                    [--api-key K] [--api-version V] [--json] [-v] [--no-progress] COMMAND
-    batch-audience upload NAME FILE|- [--format csv|ndjson] [--mode add|remove|replace]
+    batch-audience upload NAME FILE|- [--format csv|ndjson|parquet] [--mode add|remove|replace]
                    [--wait] [--concurrency N] [--chunk-size N] [--dry-run] [--checkpoint F]
     batch-audience create NAME [--display-name D] [--description D] [--type T]
     batch-audience view NAME [--token T]
@@ -12,7 +12,7 @@ Synopsis (global options may come before or after the command)::
     batch-audience delete NAME
     batch-audience fake-server [--host H] [--port N] [--indexing-delay S]
     batch-audience demo [--records N] [--concurrency N]
-    batch-audience sync NAME FILE|- --state PATH [--format csv|ndjson] [--dry-run] [--full]
+    batch-audience sync NAME FILE|- --state PATH [--format csv|ndjson|parquet] [--dry-run] [--full]
                    [--wait] [--concurrency N] [--chunk-size N]
 
 The input formats are described in ``_sources`` and in ``batch-audience upload --help``.
@@ -26,14 +26,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
+import platform
 import sys
 import traceback
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final
 
 from .._exceptions import BatchAudienceError, UnsupportedOperation, ValidationError
-from . import audiences, demo, fake_server, sync, upload
+from . import audiences, demo, doctor, fake_server, members, sync, upload
 from .common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -69,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[common],
     )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"{PROG} {_version()} (Python {platform.python_version()})",
+        help="print the version and exit",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, help: str, **kwargs: Any) -> argparse.ArgumentParser:
@@ -84,9 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_parser(command)
     audiences.add_parser(command)
     fake_server.add_parser(command)
+    members.add_parser(command)
     sync.add_parser(command)
+    doctor.add_parser(command)
     demo.add_parser(command)
     return parser
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("batch-audience")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout never installed
+        return "(not installed)"
 
 
 _ASYNC_COMMANDS: Final[
@@ -99,6 +116,8 @@ _ASYNC_COMMANDS: Final[
     "delete": audiences.cmd_delete,
     "demo": demo.cmd_demo,
     "sync": sync.cmd_sync,
+    "members": members.cmd_members,
+    "doctor": doctor.cmd_doctor,
 }
 
 
@@ -108,10 +127,12 @@ _ASYNC_COMMANDS: Final[
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``batch-audience``; return its exit status."""
     parser = build_parser()
+    given = sys.argv[1:] if argv is None else argv
     # Even a usage error (a bad value next to a key) must not echo the key.
-    _Parser.secrets = _argv_secrets(sys.argv[1:] if argv is None else argv)
+    _Parser.secrets = _argv_secrets(given)
+    _Parser.json_errors = "--json" in given
     args = parser.parse_args(argv)
-    console = Console(_secrets(args))
+    console = Console(_secrets(args), json_errors=bool(_opt(args, "json", False)))
     logger = logging.getLogger("batch_audience")
     handler: logging.Handler | None = None
     if _opt(args, "verbose", False):
@@ -136,7 +157,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
         hint = f": run the same command again to resume from {checkpoint!r}" if checkpoint else ""
         if _opt(args, "state", None):
             hint = ": the state keeps the last finished sync; run the same command again"
-        console.err(f"{PROG}: interrupted{hint}")
+        console.error("interrupted" + hint, kind="Interrupted", prefix=f"{PROG}: ")
         return EXIT_INTERRUPTED
     except (UsageError, ValidationError, UnsupportedOperation) as exc:
         console.error(exc)
@@ -147,7 +168,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     except OSError as exc:
         console.error(exc)
         return EXIT_USAGE
-    except Exception:
+    except Exception as exc:
         console.err(f"{PROG}: internal error, please report it:")
         console.err(traceback.format_exc().rstrip())
+        console.json_error(exc)
         return EXIT_FAILED

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import threading
+from typing import Final
 
-from .common import EXIT_OK, AddCommand, _opt, make_client
-from .output import Console, _json, _when, info_dict, info_text
+from .common import EXIT_OK, AddCommand, UsageError, _opt, make_client, off_loop
+from .output import Console, _count, _json, _when, info_dict, info_text
 
 
 def add_parser(command: AddCommand) -> None:
@@ -26,8 +29,18 @@ def add_parser(command: AddCommand) -> None:
 
     command("list", "list every audience, newest first")
 
-    delete = command("delete", "delete an audience")
+    delete = command("delete", "delete an audience", epilog=_DELETE_EPILOG)
     delete.add_argument("name", metavar="NAME")
+    delete.add_argument(
+        "-y", "--yes", action="store_true", help="delete without asking (needed in scripts)"
+    )
+
+
+_DELETE_EPILOG: Final = """\
+On a terminal, delete shows the audience (its size and last update) and asks before deleting
+it. Without a terminal to ask on (a script, cron, a pipe), it deletes only with --yes: without
+it, it refuses with exit status 2 and sends nothing.
+"""
 
 
 async def cmd_create(args: argparse.Namespace, console: Console) -> int:
@@ -83,11 +96,38 @@ async def cmd_list(args: argparse.Namespace, console: Console) -> int:
 
 
 async def cmd_delete(args: argparse.Namespace, console: Console) -> int:
-    """``delete NAME``."""
+    """``delete NAME``: asks first on a terminal; elsewhere deletes only with --yes."""
+    as_json = bool(_opt(args, "json", False))
+    ask = not args.yes
+    if ask and not sys.stdin.isatty():
+        raise UsageError(
+            f"refusing to delete {args.name!r} without confirmation: there is no terminal to "
+            "ask on; pass --yes to delete from a script"
+        )
     async with make_client(args) as client:
+        if ask:
+            info = await client.view(args.name)
+            updated = f", updated {_when(info.updated)}" if info.updated else ""
+            prompt = (
+                f"delete audience {info.name!r} ({_count(info.nb_ids, 'ID')}{updated})? "
+                "This cannot be undone. [y/N] "
+            )
+            answer = await off_loop(_ask, console, prompt)
+            if answer.strip().lower() not in ("y", "yes"):
+                if as_json:
+                    console.out(_json({"audience": args.name, "deleted": False}))
+                else:
+                    console.out(f"kept {args.name!r}: not deleted")
+                return EXIT_OK
         token = await client.delete(args.name)
-    if _opt(args, "json", False):
+    if as_json:
         console.out(_json({"audience": args.name, "deleted": True, "token": token}))
     else:
         console.out(f"deleted {args.name!r}")
     return EXIT_OK
+
+
+def _ask(console: Console, prompt: str, *, stop: threading.Event) -> str:
+    """The answer typed on the terminal (stdin), after ``prompt`` on stderr; blocking."""
+    console.err(prompt, end="")
+    return sys.stdin.readline()

@@ -6,11 +6,15 @@ import argparse
 import asyncio
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
+
+import orjson
 
 from .._client import AudienceClient, CustomAudienceClient
+from .._columnar import ParquetRecords
 from .._config import DEFAULT_API_VERSION, DEFAULT_BASE_URL
 from .._exceptions import ValidationError
 from .._redact import MASK
@@ -26,6 +30,7 @@ EXIT_FAILED: Final = 1  # the API or the network failed
 EXIT_USAGE: Final = 2  # bad input or usage (argparse exits 2 on its own errors too)
 EXIT_INTERRUPTED: Final = 130  # 128 + SIGINT, as shells report it
 TQDM_INSTALL: Final = "pip install 'tqdm>=4.66'"
+DEFAULT_PROGRESS_EVERY: Final = 10.0  # seconds between progress lines in a log
 
 ENV_REST_KEY: Final = "BATCH_REST_KEY"
 ENV_PROJECT_KEY: Final = "BATCH_PROJECT_KEY"
@@ -72,14 +77,31 @@ def _non_negative_float(text: str) -> float:
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are scrubbed of the keys it was given."""
+    """An ArgumentParser whose usage errors are scrubbed of the keys it was given.
+
+    With ``--json`` anywhere on the command line (``json_errors``), a usage error is also one
+    JSON object on stdout, as every other failure is.
+    """
 
     secrets: Sequence[str] = ()
+    json_errors: bool = False
 
     def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
-        for secret in _Parser.secrets:
-            message = message.replace(secret, MASK) if message else message
-        super()._print_message(message, file)
+        super()._print_message(_scrub(message, _Parser.secrets), file)
+
+    def error(self, message: str) -> NoReturn:
+        if _Parser.json_errors:
+            error = {"type": "UsageError", "status": None, "message": message}
+            sys.stdout.write(_scrub(orjson.dumps({"error": error}).decode(), _Parser.secrets))
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        super().error(message)
+
+
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, MASK) if text else text
+    return text
 
 
 _KEY_FLAGS: Final = ("--rest-key", "--project-key", "--api-key")
@@ -151,7 +173,18 @@ def _common_options() -> _Parser:
         help="log each request and retry on stderr",
     )
     out.add_argument(
-        "--no-progress", action="store_true", default=s, help="never draw a progress bar"
+        "--no-progress",
+        action="store_true",
+        default=s,
+        help="no progress bar on a terminal, no progress lines elsewhere",
+    )
+    out.add_argument(
+        "--progress-every",
+        type=_non_negative_float,
+        metavar="S",
+        default=s,
+        help="when stderr is not a terminal (cron, Airflow), a progress line every S seconds "
+        f"(default: {DEFAULT_PROGRESS_EVERY:g}; 0: none)",
     )
     return common
 
@@ -193,9 +226,12 @@ def _generation(args: argparse.Namespace) -> Generation:
     return "2" if api == "2" else ("1.0" if api == "1.0" else "1.1")
 
 
-def make_client(args: argparse.Namespace) -> Client:
-    """The client the global options describe; UsageError when a key is missing."""
-    base_url = _opt(args, "base_url", None) or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
+def make_client(args: argparse.Namespace, **settings: Any) -> Client:
+    """The client the global options describe; UsageError when a key is missing.
+
+    ``settings`` go to the client as they are (``retry=``, ``timeouts=``...).
+    """
+    base_url = _base_url(args)
     insecure = bool(_opt(args, "allow_insecure_http", False))
     rest_key = _key(args, "rest_key", ENV_REST_KEY, "REST key")
     generation = _generation(args)
@@ -206,6 +242,7 @@ def make_client(args: argparse.Namespace) -> Client:
             base_url=base_url,
             api_version=_opt(args, "api_version", DEFAULT_API_VERSION),
             allow_insecure_http=insecure,
+            **settings,
         )
     return CustomAudienceClient(
         _key(args, "api_key", ENV_API_KEY, "app API key (Custom Audience API 1.x)"),
@@ -213,7 +250,12 @@ def make_client(args: argparse.Namespace) -> Client:
         version=generation,
         base_url=base_url,
         allow_insecure_http=insecure,
+        **settings,
     )
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    return str(_opt(args, "base_url", None) or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL)
 
 
 async def off_loop(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -254,9 +296,19 @@ async def off_loop(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 def _located(exc: ValidationError, reader: RecordReader) -> ValidationError:
-    """A record's validation error, naming the input line it came from."""
-    if isinstance(exc, SourceError) or exc.position is None:
+    """A record's validation error, naming the input line it came from.
+
+    An error about no record (a Parquet file's schema) names the file alone.
+    """
+    if isinstance(exc, SourceError):
         return exc
+    if exc.position is None:
+        if not isinstance(reader, ParquetRecords):
+            return exc  # not about the input: a line-based reader names its own errors
+        located = SourceError.wrap(exc, source=reader.name, line=0)
+        for note in getattr(exc, "__notes__", ()):
+            located.add_note(note)
+        return located
     # A Parquet file has rows, not lines (its reader's line stays 0): name the row.
     line = reader.line or exc.position + 1
     located = SourceError.wrap(exc, source=reader.name, line=line)

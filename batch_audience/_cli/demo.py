@@ -18,6 +18,7 @@ from .output import (
     Console,
     ProgressBar,
     _bar_enabled,
+    _heartbeat,
     _json,
     info_dict,
     info_text,
@@ -84,7 +85,13 @@ async def cmd_demo(args: argparse.Namespace, console: Console) -> int:
         if not as_json:
             console.out(f"fake Batch server (in this process) on {server.url}")
         await client.create("demo", display_name="batch-audience demo")
-        bar = ProgressBar(console, enabled=_bar_enabled(args), desc="demo", total=args.records)
+        bar = ProgressBar(
+            console,
+            enabled=_bar_enabled(args),
+            heartbeat=_heartbeat(args),
+            desc="demo",
+            total=args.records,
+        )
         try:
             report = await client.add(
                 "demo",

@@ -23,7 +23,7 @@ from .common import (
     _positive_int,
     make_client,
 )
-from .output import Console, ProgressBar, _bar_enabled, _count, _json
+from .output import Console, ProgressBar, _bar_enabled, _count, _heartbeat, _json
 
 _SYNC_EPILOG: Final = """\
 Makes the audience hold exactly the file's records, sending only what changed since the last
@@ -44,7 +44,9 @@ def add_parser(command: AddCommand) -> None:
         epilog=_SYNC_EPILOG,
     )
     sync.add_argument("name", metavar="NAME", help="the audience (it must exist)")
-    sync.add_argument("file", metavar="FILE", help="a .csv, .ndjson or .jsonl file, or - for stdin")
+    sync.add_argument(
+        "file", metavar="FILE", help="a .csv, .ndjson, .jsonl or .parquet file, or - for stdin"
+    )
     sync.add_argument(
         "--state", required=True, metavar="PATH", help="the sync's state file (created if missing)"
     )
@@ -77,11 +79,18 @@ def add_parser(command: AddCommand) -> None:
 class _PhaseBars:
     """One progress bar per sync phase (reading, diffing, sending), each replacing the last."""
 
-    NAMES: Final = {"read": "reading", "diff": "diffing", "remove": "removing", "add": "adding"}
+    NAMES: Final = {
+        "read": "reading",
+        "diff": "diffing",
+        "remove": "removing",
+        "add": "adding",
+        "replace": "replacing",
+    }
 
-    def __init__(self, console: Console, enabled: bool) -> None:
+    def __init__(self, console: Console, enabled: bool, heartbeat: float | None = None) -> None:
         self.console = console
         self.enabled = enabled
+        self.heartbeat = heartbeat
         self.phase: str | None = None
         self.bar: ProgressBar | None = None
 
@@ -90,9 +99,13 @@ class _PhaseBars:
         if update.operation != self.phase:
             self.close()
             self.phase = update.operation
-            desc = self.NAMES.get(update.operation, update.operation + "ing")
+            desc = self.NAMES.get(update.operation, update.operation.removesuffix("e") + "ing")
             self.bar = ProgressBar(
-                self.console, enabled=self.enabled, desc=desc, total=update.total
+                self.console,
+                enabled=self.enabled,
+                heartbeat=self.heartbeat,
+                desc=desc,
+                total=update.total,
             )
         assert self.bar is not None
         self.bar.set(update.records)
@@ -113,8 +126,8 @@ async def cmd_sync(args: argparse.Namespace, console: Console) -> int:
         if path == STDIN:
             raise UsageError("reading stdin needs --format csv or --format ndjson")
         raise UsageError(
-            f"cannot tell the format of {path!r}: name it .csv, .ndjson or .jsonl, "
-            "or pass --format csv|ndjson"
+            f"cannot tell the format of {path!r}: name it .csv, .ndjson, .jsonl or .parquet, "
+            "or pass --format csv|ndjson|parquet"
         )
     try:
         from .._syncstate import import_data
@@ -125,7 +138,7 @@ async def cmd_sync(args: argparse.Namespace, console: Console) -> int:
     as_json = bool(_opt(args, "json", False))
     async with contextlib.AsyncExitStack() as stack:
         client = await stack.enter_async_context(make_client(args))
-        bars = _PhaseBars(console, _bar_enabled(args))
+        bars = _PhaseBars(console, _bar_enabled(args), _heartbeat(args))
         stack.callback(bars.close)
         try:
             reader = await asyncio.to_thread(open_records, path, fmt)
@@ -200,10 +213,13 @@ def sync_text(report: SyncReport, shown: str) -> list[str]:
         ("removed", report.removed),
         ("unchanged", report.unchanged),
     ]
+    # A dry run tells what would happen: "to add", not "added".
+    future = {"added": "to add", "changed": "to change", "removed": "to remove"}
     for kind, count in rows:
         examples = report.examples.get(kind, ())
         more = f"   e.g. {', '.join(examples)}" if examples else ""
-        lines.append(f"  {kind:<10} {count:>12,}{more}")
+        label = future.get(kind, kind) if report.dry_run else kind
+        lines.append(f"  {label:<10} {count:>12,}{more}")
     verb = "would send" if report.dry_run else "sent"
     what = "the whole input as a replace" if report.full else "the changes"
     lines.append(
@@ -217,7 +233,9 @@ def sync_text(report: SyncReport, shown: str) -> list[str]:
     )
     if report.full and not report.atomic:
         lines.append(
-            "  not atomic: the first request replaced the members, the others added to them"
+            "  not atomic: the first request would replace the members, the others add to them"
+            if report.dry_run
+            else "  not atomic: the first request replaced the members, the others added to them"
         )
     if report.dry_run:
         lines.append("  Nothing was sent; the state is unchanged.")

@@ -27,7 +27,16 @@ from .common import (
     make_client,
     off_loop,
 )
-from .output import Console, ProgressBar, _bar_enabled, _count, _json, report_dict, report_text
+from .output import (
+    Console,
+    ProgressBar,
+    _bar_enabled,
+    _count,
+    _heartbeat,
+    _json,
+    report_dict,
+    report_text,
+)
 
 CHECK_TICK: Final = 10_000  # records between two updates of the pre-check's counter
 STOP_TICK: Final = 1_000  # records the pre-check reads between two looks at its stop flag
@@ -74,7 +83,9 @@ deleted when the upload is complete (and indexed, with --wait).
 
 def add_parser(command: AddCommand) -> None:
     upload = command(
-        "upload", "upload the records of a CSV or NDJSON file to an audience", epilog=_UPLOAD_EPILOG
+        "upload",
+        "upload the records of a CSV, NDJSON or Parquet file to an audience",
+        epilog=_UPLOAD_EPILOG,
     )
     upload.add_argument("name", metavar="NAME", help="the audience (it must exist)")
     upload.add_argument(
@@ -156,6 +167,8 @@ async def cmd_upload(args: argparse.Namespace, console: Console) -> int:
                     )
                 )
         skip = upload.position if upload is not None else 0
+        # What earlier runs sent: the report counts the whole upload, we say what this run did.
+        earlier = (skip, upload.earlier_requests) if upload is not None else (0, 0)
         if upload is not None and upload.resumed:
             console.err(
                 f"{PROG}: resuming from checkpoint {checkpoint!r}: "
@@ -171,7 +184,14 @@ async def cmd_upload(args: argparse.Namespace, console: Console) -> int:
             return _print_plan(console, as_json, name, mode, path, total, args.chunk_size)
 
         assert client is not None
-        bar = ProgressBar(console, enabled=_bar_enabled(args), desc=name, total=total, initial=skip)
+        bar = ProgressBar(
+            console,
+            enabled=_bar_enabled(args),
+            heartbeat=_heartbeat(args),
+            desc=name,
+            total=total,
+            initial=skip,
+        )
         stack.callback(bar.close)
         reader = await asyncio.to_thread(open_records, path, fmt, skip=skip, ids_only=ids_only)
         stack.callback(reader.close)
@@ -206,9 +226,9 @@ async def cmd_upload(args: argparse.Namespace, console: Console) -> int:
         extra: dict[str, Any] = {"file": path, "format": fmt}
         if upload is not None:
             extra["resumed_from"] = skip
-        console.out(_json({**report_dict(report), **extra}))
+        console.out(_json({**report_dict(report, earlier), **extra}))
     else:
-        for line in report_text(report):
+        for line in report_text(report, earlier):
             console.out(line)
     return EXIT_OK
 
@@ -230,7 +250,13 @@ async def _check_file(
     ids_only: bool,
 ) -> int:
     """Validate every record of the file after ``skip``; return how many records it holds."""
-    bar = ProgressBar(console, enabled=_bar_enabled(args), desc="checking", initial=skip)
+    bar = ProgressBar(
+        console,
+        enabled=_bar_enabled(args),
+        heartbeat=_heartbeat(args),
+        desc="checking",
+        initial=skip,
+    )
     try:
         return await off_loop(
             check_file, path, fmt, encoder, skip=skip, ids_only=ids_only, tick=bar.set

@@ -77,6 +77,10 @@ _JSON: Final = "application/json"
 _MASK: Final = "***"
 _SECRET_HEADERS: Final = frozenset({"authorization", "x-authorization", "x-batch-project"})
 _V1_VERSIONS: Final = frozenset({"1.0", "1.1"})
+# Routes of the fake alone (no Batch API has them), for inspection from another process:
+# `batch-audience members NAME`. Served outside faults, chaos, rate limits and the request log.
+FAKE_MEMBERS_PATH: Final = "/_fake/members"
+NDJSON: Final = "application/x-ndjson"
 _V2_VERSION: Final = re.compile(r"2\.[1-9][0-9]*")
 _V1_OPERATIONS: Final = {
     "POST": "create",
@@ -461,7 +465,8 @@ class FakeBatchServer:
     Inspect with ``audience``/``members``/``requests``, inject failures with ``fail_next``
     or at random with ``chaos``, limit with ``rate_limit``, slow indexing down with
     ``indexing_delay``. ``threaded=False`` serves from the caller's own event loop instead
-    of a thread of its own.
+    of a thread of its own. Another process sees an audience's members with
+    ``GET /_fake/members?audience=NAME`` and the API's keys (``batch-audience members``).
     """
 
     # Not a test class, whatever pytest thinks of the name.
@@ -884,6 +889,8 @@ class FakeBatchServer:
     # -- the exchange -----------------------------------------------------------------------
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if request.path == FAKE_MEMBERS_PATH:
+            return self._members_answer(request)
         received = time.monotonic()
         self.in_flight += 1
         if self.in_flight > self.max_in_flight:
@@ -967,6 +974,51 @@ class FakeBatchServer:
         except ConnectionError:
             pass  # the client gave up first (its timeout); a real server shrugs too
         return response
+
+    def _members_answer(self, request: web.Request) -> web.Response:
+        """``GET /_fake/members?audience=NAME``: the members as NDJSON, sorted by ID.
+
+        Authenticated as the API is: ``Authorization: Bearer REST`` with ``X-Batch-Project``
+        (an audience of the 2.x project), or ``X-Authorization: REST`` with ``X-Batch-App``
+        (an audience of the 1.x app). Each line is an upload's NDJSON input line:
+        ``{"id": ..., "attributes": {...}, "tags": [...]}``, wire keys such as ``date(x)``.
+        """
+        headers = request.headers
+        scheme, _, credential = headers.get("Authorization", "").partition(" ")
+        try:
+            if request.method != "GET":
+                raise _route_not_found(request.method, request.path)
+            if scheme.lower() == "bearer":
+                if credential.strip() != self.rest_key:
+                    raise FakeApiError(401, "AUTHENTICATION_INVALID", "not a valid REST key")
+                if headers.get("X-Batch-Project") != self.project_key:
+                    raise FakeApiError(401, "AUTHENTICATION_INVALID", "not a valid project key")
+                found = self._state.find(
+                    request.query.get("audience", ""), project_key=self.project_key
+                )
+            else:
+                if headers.get("X-Authorization") != self.rest_key:
+                    raise FakeApiError(401, "AUTHENTICATION_INVALID", "not a valid REST key")
+                if headers.get("X-Batch-App") != self.api_key:
+                    raise FakeApiError(401, "AUTHENTICATION_INVALID", "not a valid app API key")
+                found = self._state.find(request.query.get("audience", ""), api_key=self.api_key)
+            if found is None:
+                name = request.query.get("audience", "")
+                raise FakeApiError(404, "NOT_FOUND", f"no audience named {name!r}")
+        except FakeApiError as exc:
+            return web.Response(
+                body=orjson.dumps(exc.payload()), status=exc.status, content_type=_JSON
+            )
+        lines = []
+        for uid, member in sorted(found.members.items()):
+            line: dict[str, Any] = {"id": uid}
+            if member.attributes:
+                line["attributes"] = member.attributes
+            if member.tags:
+                line["tags"] = member.tags
+            lines.append(orjson.dumps(line))
+        body = b"\n".join(lines) + b"\n" if lines else b""
+        return web.Response(body=body, status=200, content_type=NDJSON)
 
     async def _answer_slowly(
         self, request: web.Request, answer: _Answer, seconds: float

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import shlex
 import signal
 import sys
 
@@ -22,11 +23,14 @@ def run_fake_server(
     api_key: str | None = None,
     indexing_delay: float = 0.0,  # seconds
     chaos: Chaos | None = None,
+    exports: bool = False,
 ) -> None:
     """Serve until SIGINT or SIGTERM; print ``url:`` and the keys, one per line, first.
 
     Blocks. Port 0 picks a free port. Keys left as None are random. ``chaos`` starts the
     server in chaos mode (``FakeBatchServer.chaos``), e.g. for a soak test in another process.
+    ``exports`` prints shell lines instead, ``export BATCH_BASE_URL=...`` and the three keys
+    as the command line reads them (``batch-audience fake-server``), and a note on stderr.
     """
     server = FakeBatchServer(
         host=host,
@@ -42,10 +46,21 @@ def run_fake_server(
         server.chaos(chaos)
     # Ctrl-C before the loop's own handler is installed still ends quietly.
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(server))
+        asyncio.run(_serve(server, exports))
 
 
-async def _serve(server: FakeBatchServer) -> None:
+def shell_exports(server: FakeBatchServer) -> str:
+    """The shell lines that point ``batch-audience`` at ``server`` (its URL and keys)."""
+    pairs = (
+        ("BATCH_BASE_URL", server.url),
+        ("BATCH_REST_KEY", server.rest_key),
+        ("BATCH_PROJECT_KEY", server.project_key),
+        ("BATCH_API_KEY", server.api_key),
+    )
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in pairs)
+
+
+async def _serve(server: FakeBatchServer, exports: bool = False) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     installed: list[signal.Signals] = []
@@ -61,14 +76,24 @@ async def _serve(server: FakeBatchServer) -> None:
             # then only walk what serving allocates, not the whole interpreter.
             gc.freeze()
             lines = (
-                f"url: {server.url}\n"
-                f"rest_key: {server.rest_key}\n"
-                f"project_key: {server.project_key}\n"
-                f"api_key: {server.api_key}\n"
+                shell_exports(server)
+                if exports
+                else (
+                    f"url: {server.url}\n"
+                    f"rest_key: {server.rest_key}\n"
+                    f"project_key: {server.project_key}\n"
+                    f"api_key: {server.api_key}\n"
+                )
             )
             # Whoever started us reads these lines from a pipe: flush them now.
             sys.stdout.write(lines)
             sys.stdout.flush()
+            if exports:
+                sys.stderr.write(
+                    f"batch-audience: fake Batch server on {server.url} until Ctrl-C; the "
+                    "lines above point batch-audience at it: paste them into another shell\n"
+                )
+                sys.stderr.flush()
             await stop.wait()
     finally:
         gc.unfreeze()

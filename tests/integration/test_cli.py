@@ -186,7 +186,7 @@ async def test_upload_csv_view_list_delete(
     assert [a["name"] for a in listed.json()["audiences"]] == ["cli"]
     table = await cli(server, "list")
     assert table.out.splitlines()[0].split() == ["NAME", "IDS", "STATE", "TYPE", "UPDATED"]
-    deleted = await cli(server, "delete", "cli")
+    deleted = await cli(server, "delete", "cli", "--yes")
     assert deleted.code == 0 and "deleted 'cli'" in deleted.out
     gone = await cli(server, "view", "cli")
     assert gone.code == 1
@@ -666,32 +666,37 @@ async def test_ctrl_c_stops_a_dry_run_waiting_on_an_idle_stdin(runner_sigint: An
 
 
 async def test_fake_server_command_serves_until_interrupted() -> None:
-    """fake-server prints its URL and keys, answers the CLI, and exits 0 on Ctrl-C."""
+    """fake-server prints the exports that point the CLI at it, answers, exits 0 on Ctrl-C."""
     async with running("fake-server", "--port", "0", env=environment(None)) as process:
         await check_fake_server(process)
 
 
-async def check_fake_server(process: asyncio.subprocess.Process) -> None:
-    """Read the fake server's URL and keys, use it, then interrupt it."""
-    assert process.stdout is not None
-    info: dict[str, str] = {}
-    while len(info) < 4:
-        line = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode()
+async def read_exports(stream: asyncio.StreamReader) -> dict[str, str]:
+    """The four ``export BATCH_...=...`` lines a fake server prints first, as a mapping."""
+    exports: dict[str, str] = {}
+    while len(exports) < 4:
+        line = (await asyncio.wait_for(stream.readline(), timeout=30)).decode()
         assert line, "the fake server exited early"
-        key, _, value = line.strip().partition(": ")
-        if key in ("url", "rest_key", "project_key", "api_key"):
-            info[key] = value
-    env = {
-        "BATCH_BASE_URL": info["url"],
-        "BATCH_REST_KEY": info["rest_key"],
-        "BATCH_PROJECT_KEY": info["project_key"],
-    }
+        assert line.startswith("export BATCH_"), line
+        name, _, value = line.removeprefix("export ").strip().partition("=")
+        exports[name] = value
+    assert list(exports) == [
+        "BATCH_BASE_URL", "BATCH_REST_KEY", "BATCH_PROJECT_KEY", "BATCH_API_KEY"
+    ]  # fmt: skip
+    return exports
+
+
+async def check_fake_server(process: asyncio.subprocess.Process) -> dict[str, str]:
+    """Read the fake server's exports, use them as the CLI's environment, then interrupt it."""
+    assert process.stdout is not None
+    env = await read_exports(process.stdout)
     created = await cli(None, "create", "served", env=env)
     assert created.code == 0, created.err
     listed = await cli(None, "list", "--json", env=env)
     assert [a["name"] for a in listed.json()["audiences"]] == ["served"]
     process.send_signal(signal.SIGINT)
     assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+    return env
 
 
 async def test_demo_uploads_waits_and_reports() -> None:

@@ -202,10 +202,10 @@ async def test_cli_create_and_delete_exit_0_after_a_lost_answer(
     assert code == 0, err
     assert "created 'cli-lost'" in out
     fake_server.fail_next(drop=True, apply=True, path=REMOVE)
-    code, out, err = await cli(fake_server, "delete", "cli-lost")
+    code, out, err = await cli(fake_server, "delete", "cli-lost", "--yes")
     assert code == 0, err
     assert "deleted 'cli-lost'" in out
     assert fake_server.audiences() == []
     # The same answers on a first attempt are failures (exit 1).
-    code, _, err = await cli(fake_server, "delete", "cli-lost")
+    code, _, err = await cli(fake_server, "delete", "cli-lost", "--yes")
     assert code == 1 and "HTTP 404" in err
