@@ -22,8 +22,9 @@ from .output import Console
 STARTUP_TIMEOUT: Final = 30.0  # seconds a detached server has to print its address
 
 _EPILOG: Final = """\
-The server prints the variables that point batch-audience at it, as shell exports on stdout
-(notes go to stderr):
+The server prints its URL and keys as "name: value" lines (url, rest_key, project_key,
+api_key: stable, for scripts that read them), then the variables that point batch-audience at
+it, as shell exports on stdout (notes go to stderr):
   export BATCH_BASE_URL=http://127.0.0.1:8080
   export BATCH_REST_KEY=...   BATCH_PROJECT_KEY=...   BATCH_API_KEY=...
 Paste them into another shell, or start it in the background and set them in this one:

@@ -29,8 +29,8 @@ def run_fake_server(
 
     Blocks. Port 0 picks a free port. Keys left as None are random. ``chaos`` starts the
     server in chaos mode (``FakeBatchServer.chaos``), e.g. for a soak test in another process.
-    ``exports`` prints shell lines instead, ``export BATCH_BASE_URL=...`` and the three keys
-    as the command line reads them (``batch-audience fake-server``), and a note on stderr.
+    ``exports`` also prints shell lines after them, ``export BATCH_BASE_URL=...`` and the three
+    keys as the command line reads them (``batch-audience fake-server``), and a note on stderr.
     """
     server = FakeBatchServer(
         host=host,
@@ -75,23 +75,23 @@ async def _serve(server: FakeBatchServer, exports: bool = False) -> None:
             # Park everything loaded so far out of the collector's reach: full collections
             # then only walk what serving allocates, not the whole interpreter.
             gc.freeze()
+            # The ``name: value`` lines come first in both forms: scripts (the speed lab
+            # among them) read them from the pipe, and a shell line would not parse there.
             lines = (
-                shell_exports(server)
-                if exports
-                else (
-                    f"url: {server.url}\n"
-                    f"rest_key: {server.rest_key}\n"
-                    f"project_key: {server.project_key}\n"
-                    f"api_key: {server.api_key}\n"
-                )
+                f"url: {server.url}\n"
+                f"rest_key: {server.rest_key}\n"
+                f"project_key: {server.project_key}\n"
+                f"api_key: {server.api_key}\n"
             )
+            if exports:
+                lines += shell_exports(server)
             # Whoever started us reads these lines from a pipe: flush them now.
             sys.stdout.write(lines)
             sys.stdout.flush()
             if exports:
                 sys.stderr.write(
                     f"batch-audience: fake Batch server on {server.url} until Ctrl-C; the "
-                    "lines above point batch-audience at it: paste them into another shell\n"
+                    "export lines above point batch-audience at it: paste them into another shell\n"
                 )
                 sys.stderr.flush()
             await stop.wait()

@@ -672,7 +672,16 @@ async def test_fake_server_command_serves_until_interrupted() -> None:
 
 
 async def read_exports(stream: asyncio.StreamReader) -> dict[str, str]:
-    """The four ``export BATCH_...=...`` lines a fake server prints first, as a mapping."""
+    """The four ``name: value`` lines a fake server prints first (what scripts such as the
+    speed lab read), then the four ``export BATCH_...=...`` lines saying the same, as a mapping.
+    """
+    plain: dict[str, str] = {}
+    while len(plain) < 4:
+        line = (await asyncio.wait_for(stream.readline(), timeout=30)).decode()
+        assert line, "the fake server exited early"
+        name, _, value = line.partition(": ")
+        plain[name] = value.strip()
+    assert list(plain) == ["url", "rest_key", "project_key", "api_key"]
     exports: dict[str, str] = {}
     while len(exports) < 4:
         line = (await asyncio.wait_for(stream.readline(), timeout=30)).decode()
@@ -683,6 +692,7 @@ async def read_exports(stream: asyncio.StreamReader) -> dict[str, str]:
     assert list(exports) == [
         "BATCH_BASE_URL", "BATCH_REST_KEY", "BATCH_PROJECT_KEY", "BATCH_API_KEY"
     ]  # fmt: skip
+    assert list(exports.values()) == list(plain.values())
     return exports
 
 
