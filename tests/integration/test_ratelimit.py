@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 import batch_audience as ba
+from batch_audience._ratebudget import PROGRESS_WINDOW
 from batch_audience.testing import FakeBatchServer, RateLimit
 
 
@@ -171,17 +172,32 @@ async def test_below_the_servers_rate_the_server_never_says_429(server: FakeBatc
 async def test_a_server_that_accepts_nothing_ends_the_call_with_a_note(
     server: FakeBatchServer,
 ) -> None:
-    """Nothing accepted: RateLimitError at the attempt limit, saying what was waited and paced."""
-    async with client_of(server, retry=ba.RetryPolicy(max_attempts=3, deadline=20)) as client:
+    """Nothing accepted for a minute: RateLimitError at the attempt limit, with a note.
+
+    429s are free for the first minute of refusals (another client may hold a shared limit);
+    then the attempt limit counts again. The client's zero-wait sleep skips the minute.
+    """
+    waits: list[float] = []
+
+    async def skip(seconds: float) -> None:
+        waits.append(seconds)
+        await asyncio.sleep(0)
+
+    policy = ba.RetryPolicy(max_attempts=3, deadline=None)
+    async with client_of(server, retry=policy, sleep=skip) as client:
         await client.create("a")
         # Every write refused, without Retry-After, and none of this client's ever accepted.
-        server.fail_next(status=429, path="/audiences/update", times=10)
+        server.fail_next(status=429, path="/audiences/update", times=100_000)
         with pytest.raises(ba.RateLimitError) as caught:
             await client.add("a", [f"u{i}" for i in range(10)])
+        assert client._budget.now() - client._budget._refused_from >= PROGRESS_WINDOW  # type: ignore[operator]
+    server.clear_faults()
     notes = "\n".join(getattr(caught.value, "__notes__", []))
-    assert "gave up after 3 attempts" in notes
+    assert "gave up after" in notes
     assert "the rate budget:" in notes and "IDs/s" in notes and "waited" in notes
-    assert caught.value.report is not None and caught.value.report.throttled == 3
+    refused = writes_throttled(server)
+    assert caught.value.report is not None and caught.value.report.throttled == refused
+    assert refused > 3
     assert server.members("a") == {}
 
 
