@@ -33,13 +33,16 @@ caused by what came before it).
    counts in ``T``. ``T`` is at least ``BURST_SPAN``: over a shorter span a bucket's burst
    looks like a rate. The budget paces at ``NEAR`` times that. A client whose writes were all
    refused starts at one write per ``NEWCOMER`` seconds (see 3).
-2. A 429 that may be noise: without ``Retry-After``, after the server took some writes (a
-   429 early in an upload and one on an unmetered server look the same), the refused write
-   goes again at once and each accepted write multiplies the rate by ``CLIMB``, back towards
-   what the server took (``CLIMB`` times the estimate at least). Reaching it, the budget lets
-   go of the rate (unpaced again): a 429 not followed by more was noise. ``SKIPS`` 429s on the way are forgiven too; one more ends the
-   climb at the highest rate accepted. A 429 of a write the budget did not hold back (its
-   pacing was not what limited it) starts the same check.
+2. A 429 that may be noise: after the server took some writes (a 429 early in an upload and
+   one on an unmetered server look the same), each accepted write multiplies the rate by
+   ``CLIMB`` back towards what the server took (``CLIMB`` times the estimate at least), the
+   refused write going again at once. Reaching it, the budget lets go of the rate (unpaced
+   again): a 429 not followed by more was noise. ``SKIPS`` 429s on the way are forgiven too;
+   one more ends the climb at the highest rate below it. After a ``Retry-After`` (a limit's
+   word, but rounded up to whole seconds it can make the estimate several times too low) the
+   climb only doubles per write, the refused write waits, and one 429 ends it. A 429 of a
+   write the budget did not hold back (its pacing was not what limited it) starts the same
+   check.
 3. Later 429s, paced. A write sent above the level (a probe) found the limit: back to the
    level, and the next probe waits twice as long. A write refused at the level while the
    server still takes at least ``COMPETE`` of this client's writes means another client takes
@@ -105,6 +108,9 @@ STEP_MAX: Final = 1.0
 CONFIRM: Final = 2  # writes accepted at a probe's rate make it the level
 CLIMB: Final = 4.0  # the factor per accepted write of the climb after a 429 that may be noise
 SKIPS: Final = 2  # 429s a climb forgives: three on the way make a limit
+# After a Retry-After (a limit's word, though rounded up to whole seconds it can read a rate
+# several times too low), the climb doubles per accepted write and forgives no 429.
+GENTLE: Final = 2.0
 COMPETE: Final = 0.2  # the share of accepted writes above which a 429 at the level is contention
 SHARED: Final = 0.8  # below this share of accepted writes, a competing client tries as a newcomer
 # Seconds: while fewer than COMPETE of its writes get through, a client still tries one write
@@ -177,6 +183,7 @@ class RateBudget:
         self._target = 0.0
         self._climbed: list[float] = []
         self._skipped = 0  # 429s forgiven on the way
+        self._gentle = False  # a climb after a Retry-After
         self._tokens = 0.0  # may be negative: what the last writes borrowed
         self._stamp = now  # when _tokens was last brought up to date
         self._last_cut = -math.inf
@@ -315,17 +322,23 @@ class RateBudget:
                 level = self._level
             if self.cap is not None:
                 level = min(level, self.cap)
-            if pause == 0 and taken:
+            if taken:
                 # What the server was taking, or more: a climb that gets there was noise.
                 seen = taken / max(now - since, now - sent_at, 1e-3)
-                self._start_climb(level, max(seen, CLIMB * level))
-                owed = 0.0  # goes again at once: a 429 not followed by another is noise
+                self._start_climb(level, max(seen, CLIMB * level), gentle=pause > 0)
+                if pause == 0:
+                    owed = 0.0  # goes again at once: a 429 not followed by another is noise
             else:
                 self._pace_at(level, now)
         elif self._mode == _CLIMB:
             good = [rate for rate in self._climbed if sent_rate is None or rate < sent_rate]
             level = max(good) if good else self._climbed[0]
-            if self._skipped < SKIPS and sent_rate is not None and sent_rate < self._target:
+            if (
+                not self._gentle
+                and self._skipped < SKIPS
+                and sent_rate is not None
+                and sent_rate < self._target
+            ):
                 # A 429 or two on the way back are forgiven; the climb goes on from what held.
                 self._skipped += 1
                 self._level = level
@@ -383,9 +396,9 @@ class RateBudget:
                 return
             top = self._climbed[-1]
             if sent_rate >= top * 0.999:
-                self._level = min(self._target, top * CLIMB)
+                self._level = min(self._target, top * (GENTLE if self._gentle else CLIMB))
                 self._climbed.append(self._level)
-                self._rate_raised(now, before)
+                self._rate_raised(now, before, log=False)  # its end is logged, not each step
             return
         if now < self._hold_until or sent_rate < self._probe * 0.999:
             return
@@ -405,12 +418,13 @@ class RateBudget:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _start_climb(self, level: float, target: float) -> None:
+    def _start_climb(self, level: float, target: float, *, gentle: bool) -> None:
         self._mode = _CLIMB
         self._level = max(MIN_RATE, level)
         self._target = target
         self._climbed = [self._level]
         self._skipped = 0
+        self._gentle = gentle
         self._hold_until = math.inf
 
     def _pace_at(self, level: float, now: float) -> None:
@@ -446,13 +460,14 @@ class RateBudget:
         self._wake()
         self._log_step(before, why)
 
-    def _rate_raised(self, now: float, before: float | None) -> None:
+    def _rate_raised(self, now: float, before: float | None, *, log: bool = True) -> None:
         rate = self.rate
         if before is not None and rate is not None and rate > before:
             # What the writes borrowed at the old rate is paid back faster from now on.
             self._refill(now, before)
             self._wake()
-        self._log_step(before, "grown back")
+        if log:
+            self._log_step(before, "grown back")
 
     def _share(self) -> float:
         """The share of this client's recent writes the server accepted."""

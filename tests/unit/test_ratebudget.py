@@ -63,10 +63,14 @@ async def write(rates: RateBudget, clock: Clock, cost: int, *, after: float = 0.
 
 
 async def paced(clock: Clock, cost: int = 10_000, **kwargs: Any) -> RateBudget:
-    """A budget paced after a first 429 with Retry-After: 1 (one write accepted before it)."""
+    """A budget paced at its first estimate: one write accepted, then two 429s with
+    Retry-After: 1 (the first starts a climb, the second ends it where it began)."""
     rates = budget(clock, **kwargs)
     await write(rates, clock, cost, after=0.01)
     rates.throttled(cost, 1.0, await rates.acquire(cost))
+    clock.now += 1.0
+    rates.throttled(cost, 1.0, await rates.acquire(cost))
+    assert rates._mode == rb._PACED
     return rates
 
 
@@ -267,7 +271,7 @@ async def test_one_reading_per_congestion_event() -> None:
     clock.now += 0.5
     for sent in stamps:
         rates.throttled(100, None, sent)
-    assert rates.throttled_writes == 4
+    assert rates.throttled_writes == 5  # two while getting paced, three now
     assert rates.rate == level  # the first reading (contention) kept the level; the rest: none
     assert rates._last_cut == clock.now
 
@@ -278,7 +282,7 @@ async def test_a_429_at_the_level_while_writes_get_through_keeps_the_level() -> 
     rates = await paced(clock)
     level = rates.rate
     assert level is not None
-    for _ in range(10):
+    for _ in range(rb.OUTCOMES):
         clock.now += 0.6
         await write(rates, clock, 10_000)
     rates.throttled(10_000, None, await rates.acquire(10_000))
@@ -492,7 +496,7 @@ def unmetered_time() -> float:
         pytest.param(2_000, 10_000, False, 40_000, 1, 1.2, 1.2, 0.95, id="2k-no-retry-after"),
         pytest.param(20_000, 10_000, True, 200_000, 1, 1.15, 1.2, 0.25, id="20k-retry-after"),
         pytest.param(20_000, 10_000, False, 200_000, 1, 1.15, 1.2, 0.3, id="20k-no-retry-after"),
-        pytest.param(20_000, 20_000, True, 200_000, 1, 1.15, 1.2, 0.5, id="20k-burst-20k"),
+        pytest.param(20_000, 20_000, True, 200_000, 1, 1.15, 1.2, 0.6, id="20k-burst-20k"),
         pytest.param(20_000, 10_000, True, 100_000, 2, 1.15, 1.2, 0.35, id="20k-two-uploads"),
     ],
 )
