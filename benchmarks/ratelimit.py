@@ -80,7 +80,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     },
     "random3": {
         "setup": (
-            "server.chaos(0.03, seed=3, kinds=('429',), path='/audiences/update', "
+            "server.chaos(0.03, seed=5, kinds=('429',), path='/audiences/update', "
             "retry_after=None)"
         ),
         "uploads": [1_000_000],

@@ -341,6 +341,11 @@ async def test_a_retry_after_in_the_past_is_no_pause(server: FakeBatchServer) ->
         assert time.monotonic() - started < 5.0
     assert report.throttled == 2
     assert set(server.members("a")) == set(plain(100, "a"))
+    async with client_of(server, retry=ba.RetryPolicy(max_attempts=1)) as client:
+        server.fail_next(status=429, retry_after="Wed, 21 Oct 2015 07:28:00 GMT")
+        with pytest.raises(ba.RateLimitError) as caught:
+            await client.view("a")
+    assert caught.value.retry_after is None
 
 
 async def test_two_clients_share_one_limit(server: FakeBatchServer) -> None:
@@ -363,10 +368,11 @@ async def test_two_clients_share_one_limit(server: FakeBatchServer) -> None:
 
 
 async def test_a_client_joining_a_held_limit_does_not_fail(server: FakeBatchServer) -> None:
-    """A client whose first writes are all refused (another holds the limit) completes with
-    the default attempt limit: its 429s are free for their first minute."""
+    """A client whose first writes are refused (another holds the limit) completes, even
+    with an attempt limit of 2: its 429s are free for their first minute."""
     limit = RateLimit(rate=10_000, burst=2_000, per="id", retry_after=False)
-    async with client_of(server) as holder, client_of(server) as newcomer:
+    strict = ba.RetryPolicy(max_attempts=2)
+    async with client_of(server) as holder, client_of(server, retry=strict) as newcomer:
         await holder.create("a")
         server.rate_limit = limit
         holding = asyncio.create_task(timed_add(holder, plain(60_000, "h")))
