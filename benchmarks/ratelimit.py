@@ -80,8 +80,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     },
     "random3": {
         "setup": (
-            "server.chaos(0.03, seed=5, kinds=('429',), path='/audiences/update', "
-            "retry_after=None)"
+            "server.chaos(0.03, seed=5, kinds=('429',), path='/audiences/update', retry_after=None)"
         ),
         "uploads": [1_000_000],
     },
@@ -228,9 +227,7 @@ async def upload_all(fake: FakeProcess, spec: dict[str, Any], prefix: str = "a")
                     result = await writer.flush()
                     requests += result.requests
 
-            jobs = [
-                upload(chr(ord(prefix) + k), n) for k, n in enumerate(spec.get("uploads", []))
-            ]
+            jobs = [upload(chr(ord(prefix) + k), n) for k, n in enumerate(spec.get("uploads", []))]
             if spec.get("writer"):
                 jobs.append(write(spec["writer"]))
             try:
