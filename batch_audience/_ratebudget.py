@@ -49,10 +49,14 @@ caused by what came before it).
    a share of the same limit (or noise): the level stays (and while fewer than ``SHARED`` of
    its writes get through, it tries at least as often as a newcomer), so the clients keep
    competing on equal terms (the server gives each refill to whoever comes first), instead of
-   the one refused first backing off until it starves. Refused more often than
-   that, the level falls to what the server took (``(A + cost) / T`` over the window), but
-   not below one write per ``NEWCOMER`` seconds while so few writes get through: a client
-   that backs off below that never gets a share of a limit others hold.
+   the one refused first backing off until it starves. Refused more often than that, the
+   level falls to what the server took (``(A + cost) / T`` over the window), but not below
+   one write per ``NEWCOMER`` seconds while so few writes get through: a client that backs
+   off below that never gets a share of a limit others hold. This is where the budget trades
+   Batch's "wait a few seconds" for a share: a client alone at a low limit that keeps being
+   refused tries four writes a second (each refusal costs the server little); one that gets
+   its writes through waits for its IDs at its rate (at 10,000 IDs/s, a second per
+   10,000-ID write).
 
 Growth: after ``HOLD`` seconds at a level (drawn at random around it, so that clients do not
 probe together), the rate tries ``STEP`` more; ``CONFIRM`` writes accepted there make it the
