@@ -10,6 +10,7 @@ import asyncio
 import email.utils
 import ipaddress
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -43,10 +44,6 @@ logger = logging.getLogger("batch_audience")
 SleepFn = Callable[[float], Awaitable[None]]
 RetryHook = Callable[[BatchAudienceError, float], None]
 
-# A 429 does not use up an attempt while the server accepted a write of this client during the
-# call or within this many seconds: a rate limit slows writes down, it does not fail them.
-PROGRESS_WINDOW: Final = 60.0  # seconds
-
 # Responses above this are refused rather than buffered without limit.
 DEFAULT_MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024
 _READ_CHUNK: Final = 64 * 1024
@@ -64,7 +61,11 @@ class Response:
 def parse_retry_after(
     value: str | None, *, now: Callable[[], datetime] | None = None
 ) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if unusable."""
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date); None if unusable.
+
+    A negative number, an HTTP-date in the past, NaN, infinity or anything unparsable is no
+    wait at all: None, as if the header were absent. 0 stays 0 ("retry now").
+    """
     if value is None:
         return None
     value = value.strip()
@@ -75,7 +76,7 @@ def parse_retry_after(
     except ValueError:
         pass
     else:
-        return max(0.0, seconds) if seconds == seconds and seconds != float("inf") else None
+        return seconds if 0 <= seconds < math.inf else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -84,7 +85,11 @@ def parse_retry_after(
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     current = now() if now is not None else datetime.now(UTC)
-    return max(0.0, (when - current).total_seconds())
+    try:
+        seconds = (when - current).total_seconds()
+    except OverflowError:
+        return None
+    return seconds if seconds >= 0 else None
 
 
 def outcome_unknown(error: BatchAudienceError) -> bool:
@@ -311,7 +316,9 @@ class Session:
         With a ``budget`` (a write of ``cost`` IDs), every attempt first waits for its IDs
         (within the deadline) and the budget hears of each 429 and 2xx. A 429 then waits what
         the budget says (Retry-After, or the refused IDs at the new rate), and it does not use
-        up an attempt while the server keeps accepting this client's writes (spec §7).
+        up an attempt while the server keeps accepting this client's writes or its 429s are
+        recent (spec §7). A Retry-After the call refuses to wait (over ``max_retry_after``)
+        ends the call and teaches the budget nothing: it holds back no other write.
         """
         if self._loop is not asyncio.get_running_loop():
             await self._check_loop()
@@ -345,12 +352,18 @@ class Session:
                 last = exc
                 counted += 1
                 throttled = exc if isinstance(exc, RateLimitError) else None
+                # A Retry-After this call will not wait for ends it; it is no reason to hold
+                # back any other write of the client either.
+                refused = throttled is not None and (
+                    throttled.retry_after is not None
+                    and throttled.retry_after > policy.max_retry_after
+                )
                 if budget is not None and throttled is not None:
                     assert began_budget is not None
                     if sent_at is not None:
-                        budget.throttled(cost, throttled.retry_after, sent_at)
-                    since = min(began_budget, budget.now() - PROGRESS_WINDOW)
-                    if budget.accepted_since(since):
+                        retry_after = None if refused else throttled.retry_after
+                        budget.throttled(cost, retry_after, sent_at, learn=not refused)
+                    if budget.making_progress(began_budget):
                         counted -= 1  # the server takes writes: slowed down, not failing
                     exc.add_note(
                         f"the call waited {clock() - began:.1f} s in all; the rate budget: "

@@ -200,6 +200,19 @@ def _check_per(instance: object, attribute: attrs.Attribute[Any], value: object)
         raise ValueError(f"per must be 'request' or 'id', got {value!r}")
 
 
+def _steps(value: Iterable[tuple[float, float]]) -> tuple[tuple[float, float], ...]:
+    steps = tuple((at, rate) for at, rate in value)
+    previous = -1.0
+    for at, rate in steps:
+        if isinstance(at, bool) or not isinstance(at, int | float) or not 0 <= at < math.inf:
+            raise ValueError(f"schedule times must be finite seconds >= 0, got {at!r}")
+        if at <= previous:
+            raise ValueError(f"schedule times must increase, got {at!r} after {previous!r}")
+        _check_rate(None, None, rate)  # type: ignore[arg-type]
+        previous = float(at)
+    return tuple((float(at), float(rate)) for at, rate in steps)
+
+
 @attrs.frozen
 class RateLimit:
     """A token bucket per (REST key, project or app key): ``rate`` tokens/s, ``burst`` at once.
@@ -210,12 +223,41 @@ class RateLimit:
     a 10,000-ID write is never refused for good. A refused request gets 429
     ``TOO_MANY_REQUESTS`` with ``Retry-After`` in whole seconds, or none with
     ``retry_after=False`` (Batch documents none).
+
+    ``schedule`` changes the rate over time: ``((5.0, 2_000), (15.0, 20_000))`` refills at
+    ``rate`` for the first 5 seconds, at 2,000 tokens/s from then on, and at 20,000 from 15 s
+    on, the seconds counted from the first request the limiter meters (after it was set). The
+    bucket keeps what it holds across a change; ``Retry-After`` is computed at the rate in
+    force when the request is refused.
     """
 
     rate: float = attrs.field(validator=_check_rate)  # tokens per second
     burst: int = attrs.field(default=1, validator=_check_burst)  # tokens
     per: str = attrs.field(default="request", validator=_check_per)  # "request" or "id"
     retry_after: bool = attrs.field(default=True, validator=attrs.validators.instance_of(bool))
+    # (seconds from the first metered request, tokens per second) pairs, in time order.
+    schedule: tuple[tuple[float, float], ...] = attrs.field(default=(), converter=_steps)
+
+    def rate_at(self, elapsed: float) -> float:
+        """The refill rate in force ``elapsed`` seconds after the first metered request."""
+        rate = self.rate
+        for at, changed in self.schedule:
+            if elapsed < at:
+                break
+            rate = changed
+        return rate
+
+    def refill(self, since: float, until: float) -> float:
+        """Tokens refilled from ``since`` to ``until`` (seconds after the first request)."""
+        total = 0.0
+        low = since
+        for at, _ in self.schedule:
+            if at >= until:
+                break
+            if at > low:
+                total += (at - low) * self.rate_at(low)
+                low = at
+        return total + max(0.0, until - low) * self.rate_at(low)
 
 
 def _check_rate_of_faults(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -246,7 +288,9 @@ def _weighted_kinds(
     return tuple((kind, float(weight)) for kind, weight in pairs)
 
 
-def _seconds_range(value: Iterable[float]) -> tuple[float, float]:
+def _seconds_range(value: Iterable[float] | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
     low, high = value
     for bound in (low, high):
         if isinstance(bound, bool) or not isinstance(bound, int | float) or not 0 <= bound < 3600:
@@ -273,7 +317,9 @@ class Chaos:
     in this module's docstring), and chaos runs must end in one exact, known state.
 
     - ``"429"``: refused with ``Retry-After`` drawn uniformly from ``retry_after`` seconds
-      (two decimals); nothing applied.
+      (two decimals), or without one when ``retry_after`` is None; nothing applied. With
+      ``kinds=("429",)`` and ``path="/audiences/update"`` this is a server that refuses a
+      share of writes at random, with no limit behind it.
     - ``"500"``, ``"502"``, ``"503"``, ``"504"``: that status; nothing applied.
     - ``"drop"``: the connection is cut mid-answer; nothing applied.
     - ``"drop_applied"``: applied, then cut (outcome unknown to the client).
@@ -305,9 +351,9 @@ class Chaos:
     )  # (kind, weight) pairs
     path: str | None = None  # only requests whose path contains this
     method: str | None = attrs.field(default=None, converter=_upper)
-    retry_after: tuple[float, float] = attrs.field(
+    retry_after: tuple[float, float] | None = attrs.field(
         default=(0.0, 1.0), converter=_seconds_range
-    )  # seconds, (low, high)
+    )  # seconds, (low, high); None: no Retry-After
     stall: float = attrs.field(default=2.0, validator=_check_seconds)  # seconds
     slow_body: float = attrs.field(default=0.2, validator=_check_seconds)  # seconds
 
@@ -328,6 +374,8 @@ class Chaos:
     def fault(self, kind: str, rng: random.Random) -> Fault:
         """The Fault of one kind (a 429 draws its Retry-After from ``rng``)."""
         if kind == "429":
+            if self.retry_after is None:
+                return Fault(status=429)
             return Fault(status=429, retry_after=round(rng.uniform(*self.retry_after), 2))
         if kind in ("500", "502", "503", "504"):
             return Fault(status=int(kind))
@@ -457,6 +505,16 @@ def _settle_threadsafe(
         loop.call_soon_threadsafe(_settle, future, error)
 
 
+class _Queued:
+    """A queued fault and how many matching requests it still lets through first."""
+
+    __slots__ = ("after", "fault")
+
+    def __init__(self, fault: Fault, after: int) -> None:
+        self.fault = fault
+        self.after = after
+
+
 class FakeBatchServer:
     """An in-process fake of Batch's audience APIs 1.0, 1.1 and 2.x, on 127.0.0.1.
 
@@ -510,7 +568,10 @@ class FakeBatchServer:
         self.rate_limit = rate_limit
         # (credential, project/app key) -> (tokens left, monotonic time of that count)
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
-        self._faults: deque[Fault] = deque()
+        # When the limiter metered its first request: RateLimit.schedule counts from there.
+        self._limit_started: float | None = None
+        # Queued faults, each with how many matching requests it still lets through.
+        self._faults: deque[_Queued] = deque()
         # Chaos mode: the settings and their generator, rebound together (one store).
         self._chaos: tuple[Chaos, random.Random] | None = None
         # Serve from a thread with its own event loop, so that the fake's CPU work and tasks
@@ -716,6 +777,7 @@ class FakeBatchServer:
             raise TypeError(f"rate_limit must be a RateLimit or None, got {limit!r}")
         self._rate_limit = limit
         self._buckets = {}
+        self._limit_started = None
 
     # -- inspection -------------------------------------------------------------------------
 
@@ -796,12 +858,16 @@ class FakeBatchServer:
 
     # -- fault injection --------------------------------------------------------------------
 
-    def fail_next(self, fault: Fault | None = None, *, times: int = 1, **fault_kwargs: Any) -> None:
+    def fail_next(
+        self, fault: Fault | None = None, *, times: int = 1, after: int = 0, **fault_kwargs: Any
+    ) -> None:
         """Queue ``times`` copies of a fault; each hits the next matching request, FIFO.
 
         Pass a ``Fault`` or its fields: ``fail_next(status=503)``,
         ``fail_next(status=429, retry_after=2, times=3)``, ``fail_next(drop=True)``,
-        ``fail_next(delay=1.5, path="/audiences/update")``.
+        ``fail_next(delay=1.5, path="/audiences/update")``. ``after`` lets that many matching
+        requests through first: ``fail_next(status=429, path="/audiences/update", after=4)``
+        refuses the fifth write from now (faults queued behind it wait their turn).
         """
         if fault is None:
             fault = Fault(**fault_kwargs)
@@ -809,7 +875,10 @@ class FakeBatchServer:
             raise TypeError("pass a Fault or its fields as keywords, not both")
         if type(times) is not int or times < 1:
             raise ValueError(f"times must be an int >= 1, got {times!r}")
-        self._faults.extend([fault] * times)
+        if type(after) is not int or after < 0:
+            raise ValueError(f"after must be an int >= 0, got {after!r}")
+        self._faults.append(_Queued(fault, after))
+        self._faults.extend(_Queued(fault, 0) for _ in range(times - 1))
 
     @property
     def pending_faults(self) -> int:
@@ -828,7 +897,7 @@ class FakeBatchServer:
         kinds: Iterable[str] | Mapping[str, float] = Chaos.KINDS,
         path: str | None = None,
         method: str | None = None,
-        retry_after: tuple[float, float] = (0.0, 1.0),  # seconds
+        retry_after: tuple[float, float] | None = (0.0, 1.0),  # seconds; None: no header
         stall: float = 2.0,  # seconds
         slow_body: float = 0.2,  # seconds
     ) -> Chaos | None:
@@ -877,13 +946,16 @@ class FakeBatchServer:
         faults = self._faults
         # A snapshot (one C call): another thread may be queueing faults meanwhile. Only this
         # method removes any, and others only append, so the index stays right.
-        for index, fault in enumerate(tuple(faults)):
-            if fault.matches(method, path):
+        for index, queued in enumerate(tuple(faults)):
+            if queued.fault.matches(method, path):
+                if queued.after:
+                    queued.after -= 1  # this request goes through; the fault waits
+                    return None
                 try:
                     del faults[index]
                 except IndexError:  # clear_faults() ran meanwhile
                     return None
-                return fault
+                return queued.fault
         return None
 
     # -- the exchange -----------------------------------------------------------------------
@@ -1128,11 +1200,15 @@ class FakeBatchServer:
         # A request dearer than the whole bucket waits for a full one, then borrows the rest.
         needed = min(cost, float(limit.burst))
         now = time.monotonic()
+        started = self._limit_started
+        if started is None:
+            started = self._limit_started = now
         bucket = self._buckets.get(key)
         if bucket is None:
             tokens = float(limit.burst)
         else:
-            tokens = min(float(limit.burst), bucket[0] + (now - bucket[1]) * limit.rate)
+            refill = limit.refill(bucket[1] - started, now - started)
+            tokens = min(float(limit.burst), bucket[0] + refill)
         if tokens >= needed:
             self._buckets[key] = (tokens - cost, now)
             return None
@@ -1144,7 +1220,7 @@ class FakeBatchServer:
         }
         if not limit.retry_after:
             return _Answer(429, orjson.dumps(payload), _JSON, None)
-        wait = max(1, math.ceil((needed - tokens) / limit.rate))
+        wait = max(1, math.ceil((needed - tokens) / limit.rate_at(now - started)))
         return _Answer(429, orjson.dumps(payload), _JSON, str(wait))
 
     def _dispatch(

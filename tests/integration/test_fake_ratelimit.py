@@ -136,3 +136,108 @@ def test_meaningless_settings_are_refused(fields: dict[str, Any], match: str) ->
     """``per`` is "request" or "id" and ``retry_after`` a bool."""
     with pytest.raises((ValueError, TypeError), match=match):
         RateLimit(**fields)
+
+
+# -- a limit that changes over time, a fault at the Nth request, random 429s without a wait ---
+
+
+async def test_the_rate_follows_the_schedule(api: Api, server: FakeBatchServer) -> None:
+    """schedule: no refill at first, then 100,000 IDs/s from 0.3 s after the first request."""
+    await api.create("a")
+    server.rate_limit = RateLimit(rate=0.001, burst=100, per="id", schedule=((0.3, 100_000),))
+    assert (await api.update("a", ids("x", 100))).status == 202
+    refused = await api.update("a", ids("y", 100))
+    # Retry-After at the rate in force: 100 IDs at 0.001/s.
+    assert (refused.status, refused.headers["Retry-After"]) == (429, "100000")
+    await asyncio.sleep(0.5)
+    assert (await api.update("a", ids("y", 100))).status == 202
+    assert len(server.members("a")) == 200
+
+
+async def test_setting_the_limit_restarts_its_schedule(api: Api, server: FakeBatchServer) -> None:
+    """The schedule counts from the first request after the limit was set, not from before."""
+    await api.create("a")
+    server.rate_limit = RateLimit(rate=100_000, burst=100, per="id", schedule=((0.2, 0.001),))
+    assert (await api.update("a", ids("x", 100))).status == 202
+    await asyncio.sleep(0.3)  # past the step: the rate is near zero now
+    assert (await api.update("a", ids("y", 100))).status == 202  # refilled before the step
+    assert (await api.update("a", ids("z", 100))).status == 429
+    server.rate_limit = RateLimit(rate=100_000, burst=100, per="id", schedule=((0.2, 0.001),))
+    assert (await api.update("a", ids("z", 100))).status == 202  # a fresh bucket and clock
+    await asyncio.sleep(0.05)
+    assert (await api.update("a", ids("w", 100))).status == 202  # still before its step
+
+
+def test_refill_integrates_the_schedule() -> None:
+    """refill() sums each step's rate over the part of the span it covers."""
+    limit = RateLimit(rate=10, schedule=((1.0, 100), (3.0, 1)))
+    assert (limit.rate_at(0.0), limit.rate_at(1.0), limit.rate_at(2.9), limit.rate_at(9.0)) == (
+        10,
+        100,
+        100,
+        1,
+    )
+    assert limit.refill(0.5, 4.0) == pytest.approx(0.5 * 10 + 2 * 100 + 1 * 1)
+    assert limit.refill(1.5, 2.5) == pytest.approx(100)
+    assert RateLimit(rate=5).refill(1.0, 3.0) == pytest.approx(10)
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        pytest.param(((2.0, 10), (1.0, 10)), id="decreasing"),
+        pytest.param(((1.0, 10), (1.0, 20)), id="repeated"),
+        pytest.param(((-1.0, 10),), id="negative-time"),
+        pytest.param(((1.0, 0),), id="zero-rate"),
+        pytest.param(((float("inf"), 10),), id="infinite-time"),
+    ],
+)
+def test_a_bad_schedule_is_refused(schedule: Any) -> None:
+    """Schedule times are finite, >= 0 and increasing; rates are finite and > 0."""
+    with pytest.raises(ValueError, match=r"schedule times|rate must be"):
+        RateLimit(rate=10, schedule=schedule)
+
+
+async def test_fail_next_after_lets_requests_through_first(
+    api: Api, server: FakeBatchServer
+) -> None:
+    """after=2: two matching requests go through, the third gets the fault; others do not count."""
+    await api.create("a")
+    server.fail_next(status=503, path="/audiences/update", after=2)
+    assert (await api.update("a", ids("a", 1))).status == 202
+    assert (await api.v2("list")).status == 200  # not matching: not counted
+    assert (await api.update("a", ids("b", 1))).status == 202
+    assert server.pending_faults == 1
+    assert (await api.update("a", ids("c", 1))).status == 503
+    assert (await api.update("a", ids("c", 1))).status == 202
+    assert server.pending_faults == 0
+
+
+async def test_faults_behind_a_delayed_one_wait_their_turn(
+    api: Api, server: FakeBatchServer
+) -> None:
+    """Queued faults stay in order: the one behind a fault with ``after`` comes after it."""
+    await api.create("a")
+    server.fail_next(status=503, path="/audiences/update", after=1)
+    server.fail_next(status=500, path="/audiences/update", times=2)
+    statuses = [(await api.update("a", ids(f"u{k}", 1))).status for k in range(5)]
+    assert statuses == [202, 503, 500, 500, 202]
+
+
+@pytest.mark.parametrize("after", [-1, 1.5, "2", True])
+def test_fail_next_after_is_a_count(server: FakeBatchServer, after: Any) -> None:
+    """after must be an int >= 0."""
+    with pytest.raises(ValueError, match="after must be an int"):
+        server.fail_next(status=429, after=after)
+
+
+async def test_chaos_429s_without_retry_after(api: Api, server: FakeBatchServer) -> None:
+    """chaos(retry_after=None): refused writes carry no Retry-After, as Batch may answer."""
+    await api.create("a")
+    server.chaos(1.0, seed=1, kinds=("429",), path="/audiences/update", retry_after=None)
+    refused = await api.update("a", ids("a", 1))
+    assert refused.status == 429 and "Retry-After" not in refused.headers
+    assert server.requests[-1].retry_after is None and server.requests[-1].chaos == "429"
+    assert (await api.v2("list")).status == 200  # not matching the path
+    server.chaos(None)
+    assert server.members("a") == {}

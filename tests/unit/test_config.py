@@ -56,9 +56,12 @@ def test_policies_are_frozen_and_evolvable() -> None:
     [
         pytest.param("3", 3.0, id="seconds"),
         pytest.param(" 1.5 ", 1.5, id="fractional"),
-        pytest.param("-4", 0.0, id="negative-clamped"),
+        pytest.param("0", 0.0, id="zero"),
+        pytest.param("-4", None, id="negative-is-absent"),
         pytest.param("Wed, 21 Oct 2026 07:28:10 GMT", 10.0, id="http-date"),
-        pytest.param("Wed, 21 Oct 2026 07:27:00 GMT", 0.0, id="http-date-past"),
+        pytest.param("Wed, 21 Oct 2026 07:28:00 GMT", 0.0, id="http-date-now"),
+        pytest.param("Wed, 21 Oct 2026 07:27:00 GMT", None, id="http-date-past-is-absent"),
+        pytest.param("inf", None, id="infinite"),
         pytest.param("soon", None, id="garbage"),
         pytest.param("", None, id="empty"),
         pytest.param(None, None, id="absent"),
@@ -66,6 +69,6 @@ def test_policies_are_frozen_and_evolvable() -> None:
     ],
 )
 def test_retry_after_in_seconds_and_http_date(header: str | None, expected: float | None) -> None:
-    """Retry-After is read in delta-seconds and HTTP-date forms; garbage is ignored."""
+    """Retry-After is read in delta-seconds and HTTP-date forms; garbage and the past are none."""
     now = datetime(2026, 10, 21, 7, 28, 0, tzinfo=UTC)
     assert parse_retry_after(header, now=lambda: now) == expected

@@ -1,21 +1,25 @@
-"""The rate budget's arithmetic, on an injected clock: pacing, cuts, growth, release, cap.
+"""The rate budget's arithmetic, on an injected clock: pacing, readings of 429s, probes, release.
 
-The last tests run whole uploads against a simulated token-bucket server on an event loop
-whose clock jumps from timer to timer: deterministic, and seconds of traffic in milliseconds.
+The last tests run whole uploads of one or more independent clients against a simulated
+token-bucket server (``ratesim``) on an event loop whose clock jumps from timer to timer:
+deterministic for a seed, and seconds of traffic in milliseconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
-import random
+import statistics
 from collections.abc import Coroutine
 from typing import Any
 
 import pytest
+from ratesim import Server, allowed_time, simulate
 
 import batch_audience as ba
+from batch_audience import _ratebudget as rb
 from batch_audience._ratebudget import RateBudget, check_max_ids_per_second
 
 
@@ -36,8 +40,8 @@ class Clock:
 
 
 def budget(clock: Clock, **kwargs: Any) -> RateBudget:
-    """A budget on the manual clock."""
-    return RateBudget(clock=clock, sleep=clock.sleep, **kwargs)
+    """A budget on the manual clock, its random draws at the middle (no jitter)."""
+    return RateBudget(clock=clock, sleep=clock.sleep, rand=lambda: 0.5, **kwargs)
 
 
 def run_now(coro: Coroutine[Any, Any, float]) -> float:
@@ -48,6 +52,26 @@ def run_now(coro: Coroutine[Any, Any, float]) -> float:
         return float(done.value)
     coro.close()
     raise AssertionError("the coroutine suspended")
+
+
+async def write(rates: RateBudget, clock: Clock, cost: int, *, after: float = 0.0) -> float:
+    """One write accepted ``after`` seconds after it went out; when it went out."""
+    sent = await rates.acquire(cost)
+    clock.now += after
+    rates.succeeded(cost, sent)
+    return sent
+
+
+async def paced(clock: Clock, cost: int = 10_000, **kwargs: Any) -> RateBudget:
+    """A budget paced at its first estimate: one write accepted, then two 429s with
+    Retry-After: 1 (the first starts a climb, the second ends it where it began)."""
+    rates = budget(clock, **kwargs)
+    await write(rates, clock, cost, after=0.01)
+    rates.throttled(cost, 1.0, await rates.acquire(cost))
+    clock.now += 1.0
+    rates.throttled(cost, 1.0, await rates.acquire(cost))
+    assert rates._mode == rb._PACED
+    return rates
 
 
 # -- pacing ---------------------------------------------------------------------------------
@@ -100,17 +124,17 @@ async def test_waiters_go_in_arrival_order() -> None:
     rates = budget(clock, max_ids_per_second=100)
     order: list[int] = []
 
-    async def write(n: int) -> None:
+    async def one(n: int) -> None:
         await rates.acquire(100)
         order.append(n)
 
-    await asyncio.gather(*(write(n) for n in range(5)))
+    await asyncio.gather(*(one(n) for n in range(5)))
     assert order == [0, 1, 2, 3, 4]
     assert clock.sleeps == pytest.approx([1.0] * 4)
 
 
 async def test_a_cancelled_waiter_takes_nothing() -> None:
-    """Cancelling a write that waits for tokens leaves the bucket as it was."""
+    """Cancelling a write that waits for tokens leaves the bucket as it was, and no task."""
     clock = Clock()
     gate = asyncio.Event()
 
@@ -120,212 +144,310 @@ async def test_a_cancelled_waiter_takes_nothing() -> None:
 
     rates = RateBudget(clock=clock, sleep=held, max_ids_per_second=100)
     await rates.acquire(100)
+    before = asyncio.all_tasks()
     waiter = asyncio.create_task(rates.acquire(5_000))
     await asyncio.sleep(0)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
+    assert asyncio.all_tasks() == before
     gate.set()
     clock.now += 1.0
     assert run_now(rates.acquire(100)) == clock.now
 
 
-# -- learning -------------------------------------------------------------------------------
-
-
-async def test_retry_after_pauses_every_write() -> None:
-    """A 429 with Retry-After: 2 holds all writes of the budget for 2 s."""
+async def test_a_waiter_wakes_when_the_rate_goes_up() -> None:
+    """A write waiting for its turn looks again as soon as a climb raises the rate."""
     clock = Clock()
     rates = budget(clock)
-    sent = await rates.acquire(100)
-    rates.succeeded(100, sent)
-    sent = await rates.acquire(100)
-    rates.throttled(100, 2.0, sent)
-    assert rates.paused_until == clock.now + 2.0
-    await rates.acquire(1)
-    assert clock.sleeps[0] == pytest.approx(2.0)
+    for _ in range(8):  # 80,000 IDs in 0.08 s: the server took far more than one second's worth
+        await write(rates, clock, 10_000, after=0.01)
+    rates.throttled(10_000, None, await rates.acquire(10_000))  # noise? the climb begins
+    level = rates.rate
+    assert level is not None
+    first = await rates.acquire(10_000)  # the refused write again, at once
+    asked: list[float] = []
+    gate = asyncio.Event()
+
+    async def hold(seconds: float) -> None:
+        asked.append(seconds)
+        await gate.wait()  # only a wake-up ends it early
+
+    rates._sleep = hold
+    waiter = asyncio.create_task(rates.acquire(10_000))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert asked == [pytest.approx(10_000 / level)]
+    rates.succeeded(10_000, first)  # accepted: the climb raises the rate
+    raised = rates.rate
+    assert raised is not None and raised == pytest.approx(level * rb.CLIMB)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert asked[1:] == [pytest.approx(10_000 / raised)]
+    gate.set()
+    clock.now += 1.0
+    await asyncio.wait_for(waiter, 1.0)
+
+
+# -- readings of a 429 ----------------------------------------------------------------------
+
+
+async def test_first_429_with_retry_after_paces_near_the_estimate() -> None:
+    """One write taken, the next refused with Retry-After: 1: pace near 20,000 IDs per 1 s."""
+    clock = Clock()
+    rates = budget(clock)
+    await write(rates, clock, 10_000, after=0.04)
+    sent = await rates.acquire(10_000)
+    rates.throttled(10_000, 1.0, sent)
+    # 10,000 IDs taken and 10,000 refused; the span runs from the first write to the end of
+    # the pause (the refused write went out 0.04 s after the first).
+    assert rates.rate == pytest.approx(rb.NEAR * 20_000 / 1.04)
     assert rates.throttled_writes == 1
 
 
-async def test_first_cut_after_retry_after_starts_at_the_guess() -> None:
-    """First 429 with Retry-After: pace at what the server would have allowed with this write."""
-    clock = Clock()
-    rates = budget(clock, near=0.97)
-    sent = await rates.acquire(10_000)
-    clock.now += 0.04
-    rates.succeeded(10_000, sent)
-    second = await rates.acquire(10_000)
-    rates.throttled(10_000, 1.0, second)
-    # 10,000 IDs accepted and 10,000 refused over the 1.04 s from the first write to the end
-    # of the pause: the server's bucket refilled during the pause.
-    assert rates.rate == pytest.approx(0.97 * 20_000 / 1.04)
-
-
-async def test_first_cut_without_retry_after_starts_at_what_was_accepted() -> None:
-    """First 429 without Retry-After: pace at what the server accepted, then probe upward."""
+async def test_a_short_span_is_read_as_at_least_one_second() -> None:
+    """Without Retry-After a 429 right after a burst is not read as a huge rate (BURST_SPAN)."""
     clock = Clock()
     rates = budget(clock)
-    sent = await rates.acquire(10_000)
-    clock.now += 2.0
-    rates.succeeded(10_000, sent)
+    await write(rates, clock, 10_000, after=0.01)
     rates.throttled(10_000, None, await rates.acquire(10_000))
-    assert rates.rate == pytest.approx(10_000 / 2.0)
-
-
-async def test_without_retry_after_the_refused_write_waits_for_its_ids() -> None:
-    """No Retry-After: the refused write is retried once the new rate has paid for it."""
-    clock = Clock()
-    rates = budget(clock)
-    sent = await rates.acquire(2_000)
-    clock.now += 1.0
-    rates.succeeded(2_000, sent)
-    again = await rates.acquire(2_000)
-    rates.throttled(2_000, None, again)
     rate = rates.rate
-    assert rate == pytest.approx(2_000)
-    await rates.acquire(2_000)
-    # The refused write's 2,000 IDs at 2,000 IDs/s (sent unpaced, it took nothing then).
-    assert clock.sleeps == pytest.approx([1.0])
+    # The server took 10,000 IDs in 0.01 s: 1,000,000 IDs/s seen, so the refused write may be
+    # noise and goes again at once (a climb), starting from 20,000 IDs per second.
+    assert rate == pytest.approx(rb.NEAR * 20_000)
+    assert run_now(rates.acquire(10_000)) == clock.now
 
 
-async def test_one_cut_per_congestion_event() -> None:
-    """429s of writes sent before the last cut do not cut again; a later one does."""
-    clock = Clock()
-    rates = budget(clock, max_ids_per_second=10_000)
-    stamps = [await rates.acquire(100) for _ in range(3)]
-    clock.now += 1.0
-    rates.throttled(100, None, stamps[0])
-    after_first = rates.rate
-    assert after_first is not None and after_first < 10_000
-    rates.throttled(100, None, stamps[1])
-    rates.throttled(100, None, stamps[2])
-    assert rates.rate == after_first
-    assert rates.throttled_writes == 3
-    later = await rates.acquire(100)
-    rates.throttled(100, None, later)
-    second = rates.rate
-    assert second is not None and second < after_first
-
-
-async def test_a_cut_keeps_most_of_the_refused_rate() -> None:
-    """A paced budget cut by a 429 paces at ``decrease`` times its rate, aiming just below it."""
-    clock = Clock()
-    rates = budget(clock, max_ids_per_second=10_000, decrease=0.85, near=0.95, recover=1.0)
-    sent = await rates.acquire(100)
-    rates.throttled(100, None, sent)
-    assert rates.rate == pytest.approx(8_500)
-    # Back at the aim after one second of accepted writes.
-    for _ in range(10):
-        clock.now += 0.1
-        rates.succeeded(900, clock.now)
-    assert rates.rate == pytest.approx(9_500)
-
-
-async def test_growth_probes_upward_then_lets_go() -> None:
-    """While writes succeed the rate grows past the aim, and is let go of far above the peak."""
+async def test_a_stray_429_is_forgotten_once_writes_go_through_again() -> None:
+    """No further 429: each accepted write multiplies the rate by CLIMB, then it is let go."""
     clock = Clock()
     rates = budget(clock)
-    sent = await rates.acquire(1_000)
-    clock.now += 1.0
-    rates.succeeded(1_000, sent)
-    rates.throttled(1_000, None, await rates.acquire(1_000))
-    cut = rates.rate
-    assert cut is not None
-    seen = [cut]
+    for _ in range(4):
+        await write(rates, clock, 10_000, after=0.01)
+    rates.throttled(10_000, None, await rates.acquire(10_000))
+    seen = [rates.rate]
+    while rates.rate is not None and len(seen) < 20:
+        await write(rates, clock, 10_000, after=0.01)
+        seen.append(rates.rate)
+    assert rates.rate is None, seen
+    rates_seen = [rate for rate in seen if rate is not None]
+    steps = [b / a for a, b in itertools.pairwise(rates_seen)]
+    # Each accepted write multiplied the rate by CLIMB, the last step up to the target.
+    assert steps and all(step == pytest.approx(rb.CLIMB) for step in steps[:-1])
+
+
+async def test_a_third_429_ends_the_climb_at_the_highest_rate_that_held() -> None:
+    """Two 429s on the way back are forgiven (each steps the climb back below the rate
+    refused); a third is a limit: paced at the highest climb rate below the one refused."""
+    clock = Clock()
+    rates = budget(clock)
+    for _ in range(4):
+        await write(rates, clock, 10_000, after=0.01)
+    rates.throttled(10_000, None, await rates.acquire(10_000))
+    start = rates.rate
+    assert start is not None
+    await write(rates, clock, 10_000, after=0.01)  # accepted: the climb goes up
+    high = rates.rate
+    assert high == pytest.approx(start * rb.CLIMB)
+    await write(rates, clock, 10_000, after=0.01)  # accepted at the higher rate
+    for _ in range(rb.SKIPS):
+        rates.throttled(10_000, None, await rates.acquire(10_000))
+        assert rates._mode == rb._CLIMB
+    refused = await rates.acquire(10_000)
+    at = rates.rate
+    rates.throttled(10_000, None, refused)
+    assert rates._mode == rb._PACED
+    assert rates.rate is not None and at is not None
+    assert start <= rates.rate <= at <= high
+
+
+async def test_one_reading_per_congestion_event() -> None:
+    """429s of writes sent before the last reading change nothing; a later one is read."""
+    clock = Clock()
+    rates = await paced(clock)
+    level = rates.rate
+    clock.now += 5.0
+    stamps = [await rates.acquire(100) for _ in range(3)]
+    clock.now += 0.5
+    for sent in stamps:
+        rates.throttled(100, None, sent)
+    assert rates.throttled_writes == 5  # two while getting paced, three now
+    assert rates.rate == level  # the first reading (contention) kept the level; the rest: none
+    assert rates._last_cut == clock.now
+
+
+async def test_a_429_at_the_level_while_writes_get_through_keeps_the_level() -> None:
+    """Another client takes a share: a client that still gets most writes through keeps pace."""
+    clock = Clock()
+    rates = await paced(clock)
+    level = rates.rate
+    assert level is not None
+    for _ in range(rb.OUTCOMES):
+        clock.now += 0.6
+        await write(rates, clock, 10_000)
+    rates.throttled(10_000, None, await rates.acquire(10_000))
+    assert rates.rate == level
+
+
+async def test_sharing_a_limit_a_client_tries_as_often_as_a_newcomer() -> None:
+    """Losing a good part of its writes to another client, the rate rises to the newcomer's."""
+    clock = Clock()
+    rates = await paced(clock, cost=1_000)
+    for k in range(20):
+        clock.now += 0.6
+        sent = await rates.acquire(1_000)
+        if k % 2:
+            rates.succeeded(1_000, sent)
+        else:
+            rates.throttled(1_000, None, sent)
+    assert rates.rate is not None and rates.rate >= 1_000 / rb.NEWCOMER
+
+
+async def test_a_newcomer_keeps_trying() -> None:
+    """A client none of whose writes got through tries one write per NEWCOMER seconds, always."""
+    clock = Clock()
+    rates = budget(clock)
+    for _ in range(50):
+        rates.throttled(10_000, None, await rates.acquire(10_000))
+    assert rates.rate == pytest.approx(10_000 / rb.NEWCOMER)
+
+
+async def test_refused_far_more_than_taken_falls_to_what_the_server_took() -> None:
+    """Refused again and again at the level, the rate falls to what the server accepted."""
+    clock = Clock()
+    rates = await paced(clock)  # about 19,000 IDs/s after one 10,000-ID write
+    start = rates.rate
+    assert start is not None
+    for _ in range(40):  # small writes, all refused: the newcomer's floor is 40 IDs/s
+        clock.now += 0.25
+        rates.throttled(10, None, await rates.acquire(10))
+    rate = rates.rate
+    # What the server took over the last WINDOW seconds: the one write, long gone.
+    assert rate is not None and rate <= 10 / rb.NEWCOMER + 1e-9
+    assert rate < start / 100
+
+
+async def test_a_probe_steps_up_after_the_hold_and_grows_while_it_holds() -> None:
+    """After HOLD seconds the rate tries STEP more; CONFIRM writes there make it the level."""
+    clock = Clock()
+    rates = await paced(clock, hold=2.0)
+    level = rates.rate
+    assert level is not None
+    clock.now += 2.0 * (1 + rb.HOLD_JITTER) + 0.1
+    assert rates.rate == pytest.approx(level * (1 + rb.STEP))
+    for _ in range(rb.CONFIRM):
+        await write(rates, clock, 10_000)
+    assert rates._level == pytest.approx(level * (1 + rb.STEP))
+    # The next probe follows at once, twice the step.
+    assert rates.rate == pytest.approx(level * (1 + rb.STEP) * (1 + 2 * rb.STEP))
+
+
+async def test_a_failed_probe_goes_back_and_waits_twice_as_long() -> None:
+    """A probe answered 429: back to the level that held; the next probe waits 2x the hold."""
+    clock = Clock()
+    rates = await paced(clock, hold=2.0)
+    level = rates.rate
+    clock.now += 3.1
+    probe = await rates.acquire(10_000)
+    assert rates.rate is not None and level is not None and rates.rate > level
+    rates.throttled(10_000, None, probe)
+    assert rates.rate == pytest.approx(level)
+    assert rates._hold_until - clock.now == pytest.approx(4.0)
+
+
+async def test_far_below_the_best_rate_taken_the_probe_jumps_back() -> None:
+    """A limit that dropped for a while: the probe goes straight back to near the best rate."""
+    clock = Clock()
+    rates = await paced(clock, jump_hold=1.0)
+    level = rates.rate
+    assert level is not None
+    for _ in range(20):  # 10 s at the level: the best rate the server took is remembered
+        clock.now += 10_000 / level
+        await write(rates, clock, 10_000)
+    for _ in range(20):  # then small writes refused over and over: the level falls
+        clock.now += 0.25
+        rates.throttled(10, None, await rates.acquire(10))
+    assert rates._level < level / 2
+    best = rates._best()
+    clock.now += 1.6
+    assert rates.rate == pytest.approx(rb.NEAR * best)
+    assert rates.rate is not None and rates.rate > level / 2
+
+
+async def test_far_above_the_rate_last_refused_the_budget_lets_go() -> None:
+    """Probes that keep holding raise the level; RELEASE times the refused rate: unpaced."""
+    clock = Clock()
+    rates = await paced(clock, hold=0.5)
     for _ in range(200):
-        clock.now += 0.5
-        rates.succeeded(10, clock.now)
+        clock.now += 0.01
         rate = rates.rate
         if rate is None:
             break
-        seen.append(rate)
-    assert rates.rate is None, "the budget never let go of a rate far above what was accepted"
-    assert seen == sorted(seen)
-    assert rates.peak_rate is not None and rates.peak_rate > 3 * cut
+        await write(rates, clock, 100)
+    assert rates.rate is None
+    assert rates.peak_rate is not None
 
 
-async def test_growth_holds_at_the_aim_before_probing() -> None:
-    """After a cut the rate stays at the aim for ``hold`` seconds of accepted writes.
-
-    A probe past the limit costs a 429 and a pause of a second or more: probing every few
-    seconds would lose more than the margin kept under the refused rate.
-    """
+async def test_a_refused_retry_after_teaches_nothing() -> None:
+    """learn=False (the call will not wait that long): counted, nothing paced, no wait owed."""
     clock = Clock()
-    rates = budget(clock, recover=0.5, hold=10.0)
-    sent = await rates.acquire(10_000)
-    clock.now += 1.0
-    rates.succeeded(10_000, sent)
-    rates.throttled(10_000, 1.0, await rates.acquire(10_000))
-    aim = rates.rate
-    assert aim is not None
-    for _ in range(20):  # 10 s of writes accepted every half second
-        clock.now += 0.5
-        rates.succeeded(10_000, clock.now)
-        assert rates.rate == pytest.approx(aim)
-    for _ in range(4):
-        clock.now += 0.5
-        rates.succeeded(10_000, clock.now)
-    assert rates.rate is not None and rates.rate > aim
-
-
-async def test_one_slow_write_is_not_long_evidence() -> None:
-    """A single write accepted after a long wait moves the growth curve by at most a second."""
-    clock = Clock()
-    rates = budget(clock, recover=1.0, cubic=0.005, hold=0.0)
-    sent = await rates.acquire(10_000)
-    clock.now += 1.0
-    rates.succeeded(10_000, sent)
-    rates.throttled(10_000, None, await rates.acquire(10_000))
-    clock.now += 30.0
-    rates.succeeded(10_000, clock.now)
-    aim = rates.rate
-    clock.now += 30.0
-    rates.succeeded(10_000, clock.now)
-    # One more second of the curve: just past the aim, not 30 s of cubic growth.
-    assert aim is not None and rates.rate == pytest.approx(aim * 1.005, rel=1e-6)
-
-
-async def test_random_429s_do_not_wear_the_rate_down() -> None:
-    """Cut after cut, the rate stays at least half of what the server sustained for seconds."""
-    clock = Clock()
-    rates = budget(clock, max_ids_per_second=20_000)
-    rates.throttled(1_000, None, await rates.acquire(1_000))
-    for _ in range(50):  # 5 s of 1,000-ID writes every 0.1 s: 10,000 IDs/s sustained
-        clock.now += 0.1
-        rates.succeeded(1_000, clock.now)
-    for _ in range(30):
-        clock.now += 0.1
-        rates.throttled(1_000, None, clock.now)
-        rate = rates.rate
-        assert rate is not None and rate >= 5_000
+    rates = budget(clock)
+    await write(rates, clock, 10_000)
+    rates.throttled(10_000, None, await rates.acquire(10_000), learn=False)
+    assert rates.throttled_writes == 1
+    assert rates.rate is None
+    assert run_now(rates.acquire(10_000)) == clock.now
 
 
 async def test_the_cap_bounds_the_learned_rate() -> None:
-    """max_ids_per_second caps the rate after cuts and growth alike."""
+    """max_ids_per_second caps the rate after readings and probes alike."""
     clock = Clock()
-    rates = budget(clock, max_ids_per_second=500)
+    rates = budget(clock, max_ids_per_second=500, hold=0.5)
     rates.throttled(100, None, await rates.acquire(100))
     for _ in range(100):
-        clock.now += 1.0
-        rates.succeeded(500, clock.now)
+        clock.now += 0.2
+        await write(rates, clock, 100)
         rate = rates.rate
         assert rate is not None and rate <= 500
+
+
+async def test_owed_ids_vary_with_the_random_draw() -> None:
+    """The refused write's owed IDs vary by JITTER either way, so clients do not return together."""
+    waits = []
+    for draw in (0.0, 1.0):
+        clock = Clock()
+        rates = RateBudget(clock=clock, sleep=clock.sleep, rand=lambda d=draw: d)
+        await write(rates, clock, 10_000, after=2.0)
+        rates.throttled(10_000, 1.0, await rates.acquire(10_000))  # Retry-After: no climb
+        await rates.acquire(1)
+        waits.append(clock.sleeps[-1] * rates.rate)  # type: ignore[operator]
+    assert waits == pytest.approx([10_000 * (1 - rb.JITTER), 10_000 * (1 + rb.JITTER)])
+
+
+async def test_making_progress_spares_attempts_for_a_minute_of_429s() -> None:
+    """429s use up no attempts while writes got through recently, or for their first minute."""
+    clock = Clock()
+    rates = budget(clock)
+    began = clock.now
+    assert rates.making_progress(began)
+    rates.throttled(100, None, await rates.acquire(100))
+    clock.now += rb.PROGRESS_WINDOW - 1
+    assert rates.making_progress(began)  # refused for under a minute: a shared limit, maybe
+    clock.now += 2
+    assert not rates.making_progress(began)
+    await write(rates, clock, 100)
+    assert rates.making_progress(began)  # a write got through during the call
 
 
 async def test_large_steps_are_logged_once(caplog: pytest.LogCaptureFixture) -> None:
     """One INFO line when the rate changes by 2x or more, none for small moves."""
     clock = Clock()
-    rates = budget(clock)
     caplog.set_level(logging.INFO, logger="batch_audience")
-    sent = await rates.acquire(1_000)
-    clock.now += 1.0
-    rates.succeeded(1_000, sent)
-    rates.throttled(1_000, None, await rates.acquire(1_000))
+    rates = await paced(clock)
     lines = [r for r in caplog.records if getattr(r, "event", None) == "batch_audience.rate_budget"]
     assert len(lines) == 1
     assert "unpaced ->" in lines[0].getMessage()
-    clock.now += 0.1
-    rates.succeeded(10, clock.now)
+    await write(rates, clock, 10)
     lines = [r for r in caplog.records if getattr(r, "event", None) == "batch_audience.rate_budget"]
     assert len(lines) == 1
 
@@ -354,123 +476,28 @@ def test_caps_are_kept_as_floats() -> None:
     assert check_max_ids_per_second(2000) == 2000.0
 
 
-# -- whole uploads against a simulated server -----------------------------------------------
+# -- whole uploads against a simulated server (virtual time) ---------------------------------
+
+SEEDS = range(10)
+UNMETERED = 1_000_000  # IDs
 
 
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """An event loop whose clock jumps to the next timer instead of waiting for it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.virtual = 0.0
-        real: Any = vars(self)["_selector"]
-        loop = self
-
-        class Selector:
-            def select(self, timeout: float | None = None) -> Any:
-                ready = real.select(0)
-                if not ready:
-                    if timeout is None:
-                        raise RuntimeError("deadlock: every task waits and no timer is set")
-                    loop.virtual += timeout
-                return ready
-
-            def __getattr__(self, name: str) -> Any:
-                return getattr(real, name)
-
-        self._selector = Selector()
-
-    def time(self) -> float:
-        return self.virtual
-
-
-class BucketServer:
-    """A token bucket of ``rate`` IDs/s and ``burst`` IDs, as the fake (and Batch) meters."""
-
-    def __init__(self, rate: float, burst: int, retry_after: bool, clock: Any) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.retry_after = retry_after
-        self.clock = clock
-        self.tokens = float(burst)
-        self.stamp = clock()
-
-    def take(self, cost: int) -> tuple[bool, float | None]:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        needed = min(cost, self.burst)
-        if self.tokens >= needed:
-            self.tokens -= cost
-            return True, None
-        wait = max(1, math.ceil((needed - self.tokens) / self.rate))
-        return False, float(wait) if self.retry_after else None
-
-
-async def simulate(
-    rate: float, burst: int, retry_after: bool, ids: int, *, uploads: int = 1
-) -> tuple[float, int, int]:
-    """Upload ``ids`` IDs per upload in 10,000-ID writes, 4 in flight; (seconds, writes, 429s)."""
-    loop = asyncio.get_running_loop()
-    rng = random.Random(7)
-    server = BucketServer(rate, burst, retry_after, loop.time)
-    rates = RateBudget(clock=loop.time)
-    counts = {"writes": 0, "throttled": 0}
-
-    async def write(cost: int) -> None:
-        while True:
-            sent = await rates.acquire(cost)
-            # 20 to 40 ms each way: a loaded network, not a perfect one.
-            await asyncio.sleep(0.02 + rng.uniform(0, 0.02))
-            accepted, wait = server.take(cost)
-            counts["writes"] += 1
-            await asyncio.sleep(0.02)
-            if accepted:
-                rates.succeeded(cost, sent)
-                return
-            counts["throttled"] += 1
-            rates.throttled(cost, wait, sent)
-            if wait is not None:
-                await asyncio.sleep(wait)
-
-    async def upload() -> None:
-        slots = asyncio.Semaphore(4)
-
-        async def one() -> None:
-            async with slots:
-                await write(10_000)
-
-        await asyncio.gather(*(one() for _ in range(ids // 10_000)))
-
-    started = loop.time()
-    await asyncio.gather(*(upload() for _ in range(uploads)))
-    return loop.time() - started, counts["writes"], counts["throttled"]
-
-
-def run_virtual(coro: Coroutine[Any, Any, tuple[float, int, int]]) -> tuple[float, int, int]:
-    """Run on a fresh virtual-time loop."""
-    loop = VirtualTimeLoop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        loop.close()
+def unmetered_time() -> float:
+    """The time 1,000,000 IDs take against the simulated server with no limit at all."""
+    return simulate(Server(rate=None), [[UNMETERED]]).elapsed
 
 
 @pytest.mark.parametrize(
-    ("rate", "burst", "retry_after", "ids", "uploads", "bound", "share"),
+    ("rate", "burst", "retry_after", "ids", "uploads", "median", "bound", "share"),
     [
-        # Without Retry-After, 10,000-ID writes at 2,000 IDs/s are found by probing: 429s are
-        # cheap there (a round trip each), and each write must wait 5 s anyway. The bounds
-        # are today's figures with a margin (the simulation is deterministic): a regression
-        # guard. The first four writes go out together, unpaced: some meet an empty bucket.
-        pytest.param(2_000, 10_000, False, 40_000, 1, 1.3, 0.8, id="2k-no-retry-after"),
-        # At 20,000 IDs/s one probe past the limit costs more than pacing at the aim gives
-        # up over the whole upload: held at the aim, the budget finds the rate once.
-        pytest.param(20_000, 10_000, True, 200_000, 1, 1.2, 0.2, id="20k-retry-after"),
-        pytest.param(20_000, 10_000, False, 200_000, 1, 1.27, 0.25, id="20k-no-retry-after"),
-        pytest.param(20_000, 20_000, True, 200_000, 1, 1.25, 0.3, id="20k-burst-20k"),
-        pytest.param(20_000, 20_000, True, 100_000, 3, 1.15, 0.4, id="20k-three-uploads"),
-        pytest.param(20_000, 10_000, True, 80_000, 2, 1.2, 0.4, id="20k-two-uploads"),
+        # The issue's figures: 2,000 IDs/s <= 1.2x; 20,000 IDs/s <= 1.15x (the median over
+        # the seeds; single runs within 1.2x). Without Retry-After at 2,000 IDs/s most writes
+        # are refused (cheap: a round trip each, while each write must wait 5 s anyway).
+        pytest.param(2_000, 10_000, False, 40_000, 1, 1.2, 1.2, 0.95, id="2k-no-retry-after"),
+        pytest.param(20_000, 10_000, True, 200_000, 1, 1.15, 1.2, 0.25, id="20k-retry-after"),
+        pytest.param(20_000, 10_000, False, 200_000, 1, 1.15, 1.2, 0.3, id="20k-no-retry-after"),
+        pytest.param(20_000, 20_000, True, 200_000, 1, 1.15, 1.2, 0.6, id="20k-burst-20k"),
+        pytest.param(20_000, 10_000, True, 100_000, 2, 1.15, 1.2, 0.35, id="20k-two-uploads"),
     ],
 )
 def test_uploads_finish_near_the_servers_rate(
@@ -479,22 +506,100 @@ def test_uploads_finish_near_the_servers_rate(
     retry_after: bool,
     ids: int,
     uploads: int,
+    median: float,
     bound: float,
     share: float,
 ) -> None:
-    """Against a token-bucket server uploads end within ``bound`` x the time the limit allows."""
-    elapsed, writes, throttled = run_virtual(
-        simulate(rate, burst, retry_after, ids, uploads=uploads)
-    )
-    allowed = (ids * uploads - burst) / rate
-    assert elapsed <= bound * allowed, (elapsed, allowed, writes, throttled)
-    # Every write went through in the end, and few were refused on the way.
-    assert writes - throttled == ids * uploads // 10_000
-    assert throttled <= share * writes, (throttled, writes)
+    """Against a token-bucket server one client's uploads end near the allowed time."""
+    ratios = []
+    for seed in SEEDS:
+        server = Server(rate=rate, burst=burst, retry_after=retry_after, seed=seed)
+        out = simulate(server, [[ids] * uploads])
+        allowed = allowed_time(server, ids * uploads)
+        ratios.append(out.elapsed / allowed)
+        assert out.elapsed <= bound * allowed, (seed, out.elapsed, allowed)
+        assert out.failed == [None]
+        assert out.accepted == ids * uploads
+        assert out.throttled <= share * out.writes, (seed, out.throttled, out.writes)
+    assert statistics.median(ratios) <= median, ratios
+
+
+def test_one_stray_429_costs_little() -> None:
+    """No limit, one 429 at the 5th write of 1,000,000 IDs: <= 1.5x the time without it."""
+    clean = unmetered_time()
+    out = simulate(Server(rate=None, nth_429=5), [[UNMETERED]])
+    assert out.throttled == 1
+    assert out.elapsed <= 1.5 * clean, (out.elapsed, clean)
+
+
+def test_random_429s_on_an_unmetered_server_do_not_wear_the_rate_down() -> None:
+    """No limit, 3% of writes answered 429 at random: <= 2x the time without them."""
+    clean = unmetered_time()
+    for seed in SEEDS:
+        out = simulate(Server(rate=None, random_429=0.03, seed=seed), [[UNMETERED]])
+        assert out.elapsed <= 2 * clean, (seed, out.elapsed, clean)
+
+
+def test_two_clients_share_one_limit() -> None:
+    """Two independent clients, 20,000 IDs/s burst 10,000: the limit used well, none starved.
+
+    Each run: all IDs within 1.3x the allowed time, and the slower client done within 2.5x
+    the faster's; over the runs, the median spread within 1.5x (the issue's goal).
+    """
+    spreads = []
+    for retry_after in (True, False):
+        for seed in SEEDS:
+            server = Server(rate=20_000, burst=10_000, retry_after=retry_after, seed=seed)
+            out = simulate(server, [[200_000], [200_000]], starts=[0.0, 0.05])
+            allowed = allowed_time(server, 400_000)
+            assert out.failed == [None, None]
+            assert out.elapsed <= 1.3 * allowed, (retry_after, seed, out.elapsed, allowed)
+            spread = max(out.finished) / min(out.finished)
+            assert spread <= 2.5, (retry_after, seed, out.finished)
+            spreads.append(spread)
+    assert statistics.median(spreads) <= 1.5, spreads
+
+
+def test_a_client_joining_a_held_limit_gets_its_share_and_does_not_fail() -> None:
+    """A second client starts 5 s into another's upload: its 429s cost it no attempts, and
+    both are done within 1.5x the time the limit allows for all IDs."""
+    for retry_after in (True, False):
+        for seed in SEEDS:
+            server = Server(rate=20_000, burst=10_000, retry_after=retry_after, seed=seed)
+            out = simulate(server, [[400_000], [100_000]], starts=[0.0, 5.0])
+            assert out.failed == [None, None]
+            assert out.elapsed <= 1.5 * allowed_time(server, 500_000), (seed, out.finished)
+
+
+def test_a_limit_that_drops_ten_fold_for_ten_seconds_is_tracked() -> None:
+    """20,000 IDs/s, 2,000 from the 5th to the 15th second, then 20,000: <= 1.3x allowed."""
+    for retry_after in (True, False):
+        for seed in SEEDS:
+            server = Server(
+                rate=20_000,
+                burst=10_000,
+                retry_after=retry_after,
+                schedule=((5.0, 2_000), (15.0, 20_000)),
+                seed=seed,
+            )
+            out = simulate(server, [[330_000]])
+            allowed = allowed_time(server, 330_000)
+            assert out.elapsed <= 1.3 * allowed, (retry_after, seed, out.elapsed, allowed)
 
 
 def test_an_unmetered_server_is_not_paced() -> None:
     """With no limit at all, nothing waits: the upload takes its round trips and no more."""
-    elapsed, writes, throttled = run_virtual(simulate(1e12, 10**12, True, 200_000))
-    assert (writes, throttled) == (20, 0)
-    assert elapsed < 5 * 0.06
+    out = simulate(Server(rate=None), [[200_000]])
+    assert (out.writes, out.throttled) == (20, 0)
+
+
+def test_the_simulated_server_meters_like_the_fake() -> None:
+    """The simulation's bucket refuses what the fake's would: a sanity check of the model."""
+    server = Server(rate=1_000, burst=1_000, retry_after=True)
+    assert server.decide(1_000, 0.0) == (True, None)
+    assert server.decide(1_000, 0.5) == (False, 1.0)  # half refilled: ceil(0.5 s) to wait
+    assert server.decide(1_000, 1.0) == (True, None)
+    dropping = Server(rate=1_000, burst=1_000, schedule=((0.5, 100),))
+    assert dropping.decide(1_000, 0.0)[0]
+    assert not dropping.decide(1_000, 1.0)[0]  # 500 + 50 IDs refilled by then: short
+    assert dropping.decide(1_000, 5.5)[0]  # 550 + 450: full again
