@@ -54,6 +54,7 @@ from ._sources import (
     Interrupted,
     RecordReader,
     SourceError,
+    check_parquet,
     guess_format,
     open_records,
 )
@@ -827,8 +828,6 @@ def check_file(
     """
     if fmt == "parquet":
         try:
-            from ._columnar import check_parquet  # the data extra: imported only for Parquet
-
             return check_parquet(path, encoder, skip=skip, ids_only=ids_only, tick=tick, stop=stop)
         except ModuleNotFoundError as exc:
             raise UsageError(f"reading Parquet: {exc}") from None
