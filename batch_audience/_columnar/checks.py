@@ -33,7 +33,7 @@ from .._validate import (
     MAX_TAG_LENGTH,
     MAX_URL_LENGTH,
 )
-from .extra import Kernels, rows, scalar
+from .extra import Kernels, import_extra, rows, scalar
 from .schema import ARRAY, DATE_TEXT, FLOAT, STR, TS, UINT64, URL_TEXT, Plan, is_list
 
 __all__ = ["check", "column_errors", "plain_list", "plain_text", "prepare"]
@@ -93,28 +93,24 @@ def prepare(pc: Kernels, batch: Any, plan: Plan, start: int) -> tuple[Any, froze
     for number, (index, name) in enumerate(zip(plan.read, column_names(plan), strict=True)):
         column = batch.column(index)
         with column_errors(pa, name, start):
-            if not _valid(pa, name, column, start):
+            if not _valid(pc, name, column, start):
                 not_utf8.add(number)
             columns.append(_plain(pa, pc, plan, number, column))
     names = [f"c{number}" for number in range(len(columns))]
     return pa.RecordBatch.from_arrays(columns, names=names), frozenset(not_utf8)
 
 
-def _valid(pa: Any, name: str, column: Any, start: int) -> bool:
-    """Validate a column in full; False if only its text is not UTF-8.
+def _valid(pc: Kernels, name: str, column: Any, start: int) -> bool:
+    """Validate a column at the boundary; False if only some of its text is not UTF-8.
 
     Arrow does not check what a C stream or ``Array.from_buffers`` hands it. A column whose
     offsets go down or past their buffers would make any kernel or engine read or write outside
     its memory (DuckDB aborts the process on it), so it is refused before any of them sees it.
-    The same layout with text seen as bytes tells a broken layout from text that is not UTF-8.
     """
+    pa = pc._pa
     try:
-        column.validate(full=True)
-        return True
+        return _layout_valid(pc, column, "row")
     except pa.ArrowInvalid as invalid:
-        raw = _as_bytes(pa, column.type)
-        if raw != column.type and _layout_valid(pa, column, raw):
-            return False
         raise ValidationError(
             f"column {name!r} is not valid Arrow data ({invalid}): the source that made it is "
             "broken, so none of its rows from here on are read or sent",
@@ -122,13 +118,87 @@ def _valid(pa: Any, name: str, column: Any, start: int) -> bool:
         ) from None
 
 
-def _layout_valid(pa: Any, column: Any, raw: Any) -> bool:
-    """Whether the column, seen as ``raw`` (its text as bytes), is valid."""
+def _layout_valid(pc: Kernels, column: Any, what: str) -> bool:
+    """Raise ArrowInvalid if the layout is broken; False if only some text is not UTF-8.
+
+    Text, lists and dictionaries (the common kinds) are checked piece by piece: offsets
+    non-decreasing and within their buffers (numpy), indices within their dictionary, text
+    bytes ASCII, or else UTF-8 by Arrow. ~8 ms per million rows of the lab's columns, against
+    ~70 ms for ``validate(full=True)``, which also checks the whole item array behind a list
+    however little of it a batch slices (a table cut into batches would be checked once per
+    batch). Other layouts: ``validate(full=True)``, with the same layout seen as bytes telling
+    a broken layout from text that is not UTF-8.
+    """
+    pa = pc._pa
+    t = column.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return _text_valid(pa, column, what)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        column.validate()  # buffer sizes
+        offsets = _offsets(column, pa.types.is_large_list(t))
+        _check_offsets(pa, offsets, len(column.values), what)
+        first, last = int(offsets[0]), int(offsets[-1])
+        return _layout_valid(pc, column.values.slice(first, last - first), "item")
+    if pa.types.is_dictionary(t):
+        column.validate()  # buffer sizes
+        size = len(column.dictionary)
+        extremes = pc.min_max(column.indices).as_py()  # of the valid indices only
+        if extremes["min"] is not None and (extremes["min"] < 0 or extremes["max"] >= size):
+            raise pa.ArrowInvalid(
+                f"dictionary indices from {extremes['min']} to {extremes['max']} out of 0 to "
+                f"{size - 1}"
+            )
+        return _layout_valid(pc, column.dictionary, "dictionary value")
     try:
-        column.view(raw).validate(full=True)
-    except pa.ArrowException:
+        column.validate(full=True)
+        return True
+    except pa.ArrowInvalid:
+        raw = _as_bytes(pa, t)
+        if raw == t:
+            raise
+        column.view(raw).validate(full=True)  # raises if the layout itself is broken
+        return False
+
+
+def _text_valid(pa: Any, column: Any, what: str) -> bool:
+    """A string or large_string array's offsets and text; False if some text is not UTF-8."""
+    np = import_extra("numpy")
+    column.validate()  # buffer sizes
+    offsets = _offsets(column, pa.types.is_large_string(column.type))
+    data = column.buffers()[2]
+    _check_offsets(pa, offsets, 0 if data is None else data.size, what)
+    if data is None or offsets[-1] == offsets[0]:
+        return True
+    text = np.frombuffer(data, dtype=np.uint8)[int(offsets[0]) : int(offsets[-1])]
+    if int(text.max()) < 0x80:
+        return True  # ASCII is UTF-8
+    try:
+        column.validate(full=True)
+    except pa.ArrowInvalid:
         return False
     return True
+
+
+def _offsets(column: Any, wide: bool) -> Any:
+    """An array's offsets (numpy, one more than its length), without a copy."""
+    np = import_extra("numpy")
+    dtype = np.int64 if wide else np.int32
+    start = column.offset
+    return np.frombuffer(column.buffers()[1], dtype=dtype)[start : start + len(column) + 1]
+
+
+def _check_offsets(pa: Any, offsets: Any, limit: int, what: str) -> None:
+    """Raise ArrowInvalid unless ``offsets`` never go down and stay within 0 to ``limit``."""
+    if len(offsets) and (offsets[0] < 0 or offsets[-1] > limit):
+        raise pa.ArrowInvalid(
+            f"{what} offsets from {int(offsets[0])} to {int(offsets[-1])} out of 0 to {limit}"
+        )
+    down = offsets[1:] < offsets[:-1]
+    if down.any():
+        at = int(down.argmax())
+        raise pa.ArrowInvalid(
+            f"the offsets of {what} {at} go down, from {int(offsets[at])} to {int(offsets[at + 1])}"
+        )
 
 
 def _as_bytes(pa: Any, type_: Any) -> Any:

@@ -106,9 +106,9 @@ class Writer:
         except duckdb.Error as exc:
             # Which column? Each one written alone tells.
             for number, name in enumerate(column_names(plan)):
-                value = _value_sql(plan, number)
+                value = ", ".join(_value_sql(plan, number))
                 try:
-                    con.sql(f"SELECT {value} FROM chunk").fetchall()
+                    con.sql(f"SELECT concat({value}) FROM chunk").fetchall()
                 except duckdb.Error as alone:
                     raise ValidationError(
                         f"column {name!r} cannot be written ({type(alone).__name__}: {alone})"
@@ -151,7 +151,7 @@ def _attributes_sql(plan: Plan, nullable: frozenset[int]) -> list[str]:
     maybe = [(n, a) for n, a in numbered if n in nullable]
     if not present and maybe:
         # Every column has a null somewhere: no key is sure to lead; concat_ws puts the commas.
-        keyed = [f"{_literal(_key(a.wire))} || {_value_sql(plan, n)}" for n, a in maybe]
+        keyed = [" || ".join([_literal(_key(a.wire)), *_value_sql(plan, n)]) for n, a in maybe]
         inner = f"concat_ws(',', {', '.join(keyed)})"
         return [_literal(',"attributes":{'), inner, _literal("}")]
     pieces = [_literal(',"attributes":{')]
@@ -162,27 +162,31 @@ def _attributes_sql(plan: Plan, nullable: frozenset[int]) -> list[str]:
     return pieces
 
 
-def _piece(key: str, value: str, nullable: bool) -> list[str]:
+def _piece(key: str, value: list[str], nullable: bool) -> list[str]:
     """A key and its value in a ``concat``: as one NULL when the value may be NULL."""
     if nullable:
-        return [f"{_literal(key)} || {value}"]
-    return [_literal(key), value]
+        return [" || ".join([_literal(key), *value])]
+    return [_literal(key), *value]
 
 
 def _key(wire: str) -> str:
     return orjson.dumps(wire).decode() + ":"
 
 
-def _value_sql(plan: Plan, number: int) -> str:
-    """The JSON text of column ``c{number}``'s value."""
+def _value_sql(plan: Plan, number: int) -> list[str]:
+    """The JSON text of column ``c{number}``'s value, in pieces of a ``concat``.
+
+    A date's text needs no escape: its quotes are pieces of their own, not a ``||`` (which
+    builds a string per row: ~0.1 s more per million rows).
+    """
     column = f"c{number}"
     if 1 <= number <= len(plan.attributes):
         kind = plan.attributes[number - 1].kind
         if kind in (INT, UINT64):
-            return f"{column}::VARCHAR"
+            return [f"{column}::VARCHAR"]
         if kind == TS:
-            return f"'\"' || {column} || '\"'"  # the text of a date needs no escape
-    return f"to_json({column})"
+            return ["'\"'", column, "'\"'"]
+    return [f"to_json({column})"]
 
 
 def _literal(text: str) -> str:
