@@ -16,7 +16,7 @@ from typing import Any, Final
 import orjson
 
 from .._exceptions import ValidationError
-from .checks import PER_SECOND, column_names
+from .checks import PER_SECOND, column_errors, column_names
 from .extra import Kernels, import_extra
 from .schema import INT, TS, UINT64, Plan
 
@@ -73,7 +73,8 @@ class Writer:
         table = pa.Table.from_batches([batch])
         for number, attribute in enumerate(plan.attributes, start=1):
             if attribute.kind == TS:
-                text = timestamp_text(pa, pc, table.column(number).chunk(0), attribute.unit)
+                with column_errors(pa, attribute.name):
+                    text = timestamp_text(pa, pc, table.column(number).chunk(0), attribute.unit)
                 table = table.set_column(number, f"c{number}", text)
         nullable = frozenset(
             number for number in range(1, table.num_columns) if table.column(number).null_count

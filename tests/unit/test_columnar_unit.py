@@ -1048,3 +1048,50 @@ def test_a_pandas_unnamed_index_is_not_sent() -> None:
     # Without pandas' metadata, such a name is an ordinary attribute column.
     plain = pa.table({"id": ["a"], "__index_level_0__": [10]})
     assert columnar(plain)[0][0][2][0]["attributes"] == {"__index_level_0__": 10}
+
+
+# -- an engine's error is a ValidationError naming the column ----------------------------------
+
+
+def test_an_arrow_error_in_a_column_step_names_the_column(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An Arrow error while a column is checked becomes a ValidationError naming that column;
+    running out of memory stays what it is."""
+    from batch_audience._columnar import checks
+
+    original = checks._attribute_rows
+
+    def failing(pa_: Any, pc: Any, kind: str, column: Any) -> Any:
+        if kind == "float":
+            raise pa.ArrowNotImplementedError("no kernel for this")
+        return original(pa_, pc, kind, column)
+
+    monkeypatch.setattr(checks, "_attribute_rows", failing)
+    table = pa.table({"id": ["a", "b"], "plan": ["x", "y"], "score": [1.5, 2.5]})
+    chunks, (message, position, rid) = columnar(table)
+    assert chunks == []
+    assert message == "column 'score' cannot be read (ArrowNotImplementedError: no kernel for this)"
+    assert (position, rid) == (None, None)
+
+    def out_of_memory(*args: Any) -> Any:
+        raise pa.ArrowMemoryError("malloc failed")
+
+    monkeypatch.setattr(checks, "_attribute_rows", out_of_memory)
+    with pytest.raises(pa.ArrowMemoryError):
+        list(iter_columnar(table, Intake("2", "add")))
+
+
+def test_a_duckdb_error_names_the_column(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB failing to write a step becomes a ValidationError naming the column it fails on."""
+    original = encode._value_sql
+
+    def failing(plan: Any, number: int) -> list[str]:
+        if number == 2:
+            return ["error('cannot write this')"]
+        return original(plan, number)
+
+    monkeypatch.setattr(encode, "_value_sql", failing)
+    table = pa.table({"id": ["a", "b"], "plan": ["x", "y"], "score": [1.5, 2.5]})
+    chunks, (message, _, _) = columnar(table)
+    assert chunks == []
+    assert message.startswith("column 'score' cannot be written (")
+    assert "cannot write this" in message
