@@ -18,7 +18,7 @@ import orjson
 from .._exceptions import ValidationError
 from .checks import PER_SECOND, column_errors, column_names
 from .extra import Kernels, import_extra
-from .schema import INT, TS, UINT64, Plan
+from .schema import DATE_TEXT, INT, STR, TS, UINT64, URL_TEXT, Plan
 
 __all__ = ["Writer", "timestamp_text"]
 
@@ -79,17 +79,23 @@ class Writer:
         nullable = frozenset(
             number for number in range(1, table.num_columns) if table.column(number).null_count
         )
+        quoted = frozenset(
+            number
+            for number in _text_columns(plan)
+            if _needs_no_escape(pa, table.column(number).chunk(0))
+        )
+        shape = (nullable, quoted)
         con = self._connection()
         con.register("chunk", table)
         try:
-            sql = self._query(plan, actions[1], nullable)
-            result = self._run(con, sql, plan, nullable)
+            sql = self._query(plan, actions[1], shape)
+            result = self._run(con, sql, plan)
             later = _Text.of(pa, result.column(0))
             first = later
             if actions[0] != actions[1]:
                 rows = bounds[0][1] - bounds[0][0]
-                sql = self._query(plan, actions[0], nullable)
-                first_result = self._run(con, f"{sql} LIMIT {rows}", plan, nullable)
+                sql = self._query(plan, actions[0], shape)
+                first_result = self._run(con, f"{sql} LIMIT {rows}", plan)
                 first = _Text.of(pa, first_result.column(0))
         finally:
             con.unregister("chunk")
@@ -99,7 +105,7 @@ class Writer:
         ]
         return bodies, result.column(1).combine_chunks(memory_pool=pc.pool)
 
-    def _run(self, con: Any, sql: str, plan: Plan, nullable: frozenset[int]) -> Any:
+    def _run(self, con: Any, sql: str, plan: Plan) -> Any:
         """The query's result; a DuckDB error as a ValidationError naming the column."""
         duckdb = import_extra("duckdb")
         try:
@@ -118,22 +124,25 @@ class Writer:
                 f"the columns cannot be written ({type(exc).__name__}: {exc})"
             ) from exc
 
-    def _query(self, plan: Plan, action: str | None, nullable: frozenset[int]) -> str:
+    def _query(
+        self, plan: Plan, action: str | None, shape: tuple[frozenset[int], frozenset[int]]
+    ) -> str:
         """The SQL that writes one JSON entry per row, followed by a comma; cached per shape.
 
-        A null cell leaves its key out of its row (as the record path leaves a None out):
-        ``'"key":' || NULL`` is NULL, which ``concat`` skips. Keys always present come first,
-        so that each key that may be left out can carry its own leading comma.
+        ``shape``: the columns with a null in the step, and the text columns whose text needs
+        no escape. A null cell leaves its key out of its row (as the record path leaves a None
+        out): ``'"key":' || NULL`` is NULL, which ``concat`` skips. Keys always present come
+        first, so that each key that may be left out can carry its own leading comma.
         """
-        kinds = tuple(a.kind for a in plan.attributes)
-        shape = (action, kinds, tuple(a.wire for a in plan.attributes), plan, nullable)
-        sql = self._sql.get(shape)
+        key = (action, plan, shape)
+        sql = self._sql.get(key)
         if sql is not None:
             return sql
+        nullable, quoted = shape
         head = '{"id":' if action is None else f'{{"action":{orjson.dumps(action).decode()},"id":'
-        parts = [_literal(head), "to_json(c0)"]
+        parts = [_literal(head), *_value_sql(plan, 0, quoted)]
         if plan.has_attributes:
-            parts += _attributes_sql(plan, nullable)
+            parts += _attributes_sql(plan, nullable, quoted)
         if plan.tags_index is not None:
             number = len(plan.attributes) + 1
             parts += _piece(',"tags":', _value_sql(plan, number), number in nullable)
@@ -141,24 +150,26 @@ class Writer:
         sql = f"SELECT concat({', '.join(parts)}) AS entry, hash(c0) AS h FROM chunk"
         if len(self._sql) >= _SQL_CACHE_MAX:
             self._sql.clear()
-        self._sql[shape] = sql
+        self._sql[key] = sql
         return sql
 
 
-def _attributes_sql(plan: Plan, nullable: frozenset[int]) -> list[str]:
+def _attributes_sql(plan: Plan, nullable: frozenset[int], quoted: frozenset[int]) -> list[str]:
     """The pieces of ``"attributes":{...}`` in a ``concat``."""
     numbered = list(enumerate(plan.attributes, start=1))
     present = [(n, a) for n, a in numbered if n not in nullable]
     maybe = [(n, a) for n, a in numbered if n in nullable]
     if not present and maybe:
         # Every column has a null somewhere: no key is sure to lead; concat_ws puts the commas.
-        keyed = [" || ".join([_literal(_key(a.wire)), *_value_sql(plan, n)]) for n, a in maybe]
+        keyed = [
+            " || ".join([_literal(_key(a.wire)), *_value_sql(plan, n, quoted)]) for n, a in maybe
+        ]
         inner = f"concat_ws(',', {', '.join(keyed)})"
         return [_literal(',"attributes":{'), inner, _literal("}")]
     pieces = [_literal(',"attributes":{')]
     for place, (number, attribute) in enumerate([*present, *maybe]):
         key = _key(attribute.wire) if place == 0 else "," + _key(attribute.wire)
-        pieces += _piece(key, _value_sql(plan, number), number in nullable)
+        pieces += _piece(key, _value_sql(plan, number, quoted), number in nullable)
     pieces.append(_literal("}"))
     return pieces
 
@@ -174,13 +185,16 @@ def _key(wire: str) -> str:
     return orjson.dumps(wire).decode() + ":"
 
 
-def _value_sql(plan: Plan, number: int) -> list[str]:
+def _value_sql(plan: Plan, number: int, quoted: frozenset[int] = frozenset()) -> list[str]:
     """The JSON text of column ``c{number}``'s value, in pieces of a ``concat``.
 
-    A date's text needs no escape: its quotes are pieces of their own, not a ``||`` (which
-    builds a string per row: ~0.1 s more per million rows).
+    Text that needs no escape (``quoted``), and a date's text, are written between quotes that
+    are pieces of their own: ``to_json`` of a string costs ~2x, and a ``||`` builds a string
+    per row.
     """
     column = f"c{number}"
+    if number in quoted:
+        return ["'\"'", column, "'\"'"]
     if 1 <= number <= len(plan.attributes):
         kind = plan.attributes[number - 1].kind
         if kind in (INT, UINT64):
@@ -188,6 +202,34 @@ def _value_sql(plan: Plan, number: int) -> list[str]:
         if kind == TS:
             return ["'\"'", column, "'\"'"]
     return [f"to_json({column})"]
+
+
+def _text_columns(plan: Plan) -> list[int]:
+    """The numbers of the columns holding text: the ID and the text attributes."""
+    text = (STR, DATE_TEXT, URL_TEXT)
+    return [0, *(n for n, a in enumerate(plan.attributes, start=1) if a.kind in text)]
+
+
+def _needs_no_escape(pa: Any, array: Any) -> bool:
+    """Whether no text of a string array needs escaping in JSON (no quote, backslash or control
+    character), so it can be written between quotes as it is.
+
+    Three numpy passes over its bytes, ~10 ms per million 36-character IDs, spare DuckDB ~25 ms
+    of ``to_json``. The text is valid UTF-8 (checked at the boundary), which JSON takes as is.
+    """
+    np = import_extra("numpy")
+    _, offsets, data = array.buffers()
+    if data is None or not len(array):
+        return True
+    wide = pa.types.is_large_string(array.type)
+    ends = np.frombuffer(offsets, dtype=np.int64 if wide else np.int32)
+    first, last = int(ends[array.offset]), int(ends[array.offset + len(array)])
+    if first == last:
+        return True
+    text = np.frombuffer(data, dtype=np.uint8)[first:last]
+    return bool(
+        int(text.min()) >= 0x20 and not (text == ord('"')).any() and not (text == ord("\\")).any()
+    )
 
 
 def _literal(text: str) -> str:

@@ -1084,10 +1084,10 @@ def test_a_duckdb_error_names_the_column(monkeypatch: pytest.MonkeyPatch) -> Non
     """DuckDB failing to write a step becomes a ValidationError naming the column it fails on."""
     original = encode._value_sql
 
-    def failing(plan: Any, number: int) -> list[str]:
+    def failing(plan: Any, number: int, quoted: frozenset[int] = frozenset()) -> list[str]:
         if number == 2:
             return ["error('cannot write this')"]
-        return original(plan, number)
+        return original(plan, number, quoted)
 
     monkeypatch.setattr(encode, "_value_sql", failing)
     table = pa.table({"id": ["a", "b"], "plan": ["x", "y"], "score": [1.5, 2.5]})
