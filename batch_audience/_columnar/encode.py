@@ -270,22 +270,24 @@ def timestamp_text(pa: Any, pc: Kernels, column: Any, unit: str) -> Any:
     holds no timestamp outside years 1 to 9999 (the checks refuse them).
     """
     utc = pc.cast(column, pa.timestamp(unit))  # the same instants, without the zone's name
+    try:
+        # A safe cast to seconds fails on a fraction: one pass tells whole seconds (the
+        # common case) from the rest.
+        return _iso_utc(pa, pc, pc.cast(pc.cast(utc, pa.timestamp("s")), pa.string()))
+    except pa.ArrowInvalid:
+        pass
     text = pc.cast(pc.cast(utc, pa.timestamp("s"), safe=False), pa.string())
-    if unit != "s":
-        raw = pc.cast(utc, pa.int64())
-        per = PER_SECOND[unit]
-        whole = pc.equal(pc.multiply(pc.divide(raw, per), per), raw)
-        if not bool(pc.all(whole).as_py()):
-            fine_unit = "ns" if unit == "ns" else "us"
-            fine = pc.cast(pc.cast(utc, pa.timestamp(fine_unit)), pa.string())
-            if unit == "ns":
-                micros = pc.equal(pc.multiply(pc.divide(raw, 1_000), 1_000), raw)
-                fine = pc.if_else(
-                    micros,
-                    pc.cast(pc.cast(utc, pa.timestamp("us"), safe=False), pa.string()),
-                    fine,
-                )
-            text = pc.if_else(whole, text, fine)
+    raw = pc.cast(utc, pa.int64())
+    per = PER_SECOND[unit]
+    whole = pc.equal(pc.multiply(pc.divide(raw, per), per), raw)
+    fine_unit = "ns" if unit == "ns" else "us"
+    fine = pc.cast(pc.cast(utc, pa.timestamp(fine_unit)), pa.string())
+    if unit == "ns":
+        micros = pc.equal(pc.multiply(pc.divide(raw, 1_000), 1_000), raw)
+        fine = pc.if_else(
+            micros, pc.cast(pc.cast(utc, pa.timestamp("us"), safe=False), pa.string()), fine
+        )
+    text = pc.if_else(whole, text, fine)
     return _iso_utc(pa, pc, text)
 
 
