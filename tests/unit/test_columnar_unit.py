@@ -972,6 +972,35 @@ def test_a_stream_that_fails_mid_way_raises_its_error() -> None:
         next(chunks)
 
 
+def test_batches_are_read_one_ahead_from_the_second_step_on() -> None:
+    """The first step reads only what it needs (the first request waits for it); from the
+    second on, the next batch is read as soon as the last is taken; an error met ahead is
+    raised in its turn, after the rows read before it."""
+    schema = pa.schema([("id", pa.string())])
+    pulled: list[object] = []
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for number in range(4):
+            pulled.append(number)
+            yield pa.record_batch({"id": [f"u-{number}-{i}" for i in range(10)]}, schema=schema)
+        pulled.append("error")
+        raise OSError("the disk went away")
+
+    intake = Intake("2", "add")
+    reader = pa.RecordBatchReader.from_batches(schema, batches())
+    steps = stream._Stream(reader, intake, intake, 10, 0)
+    try:
+        counts = []
+        for expected in ([0], [0, 1, 2, 3], [0, 1, 2, 3, "error"]):
+            counts.append([count for _, _, count, _ in steps.next_step().places])
+            assert pulled == expected
+        assert counts == [[10], [10, 10], [10]]
+        with pytest.raises(OSError, match="the disk went away"):
+            steps.next_step()
+    finally:
+        steps.close()
+
+
 def test_integers_at_every_digit_count() -> None:
     """Integers of each number of digits, at its bounds, signed and unsigned, as records."""
     edges = sorted({v for k in range(19) for v in (10**k - 1, 10**k)} | {2**63 - 1})
