@@ -14,20 +14,26 @@ The modules, in the order the data goes through them (each imports only those be
 - ``encode``: the wire entries of checked rows, written by DuckDB.
 - ``ids``: each chunk's IDs, and which nearby chunks share one.
 - ``stream``: a stream read step by step into chunks, in a worker thread for uploads.
+- ``table``: one in-memory table checked whole, then encoded.
 
-Entry points (pyarrow, DuckDB and numpy are imported by the caller; all of it blocks, so run it
-off the event loop):
+Entry points (all of them block: run them off the event loop; pyarrow, DuckDB and numpy are
+the caller's to import):
 
 - ``aiter_columnar(source, intake, size=, start=, first=)`` / ``iter_columnar(...)``: the
-  chunks (``_chunker.Chunk``) of a whole stream, checked and encoded, as uploads send them.
-- ``plan_columns(pa, schema, encoder, first=None) -> Plan``: judge a schema once for an
-  ``EntryEncoder`` (generation and operation); ValidationError if a column cannot be sent.
-- ``prepare(pc, batch, plan, start)``: one batch (or table) validated and in plain layout;
-  ``check(pc, batch, plan, start=)`` then returns the first rule a row breaks (a
-  ValidationError with position, ID and rule), or None. ``pc`` is ``Kernels(pa, pool)``.
-- ``Writer(pc).bodies(batch, plan, bounds, actions)``: the JSON array of each chunk
-  (rows [begin, end) in ``bounds``) of a checked batch, and each row's ID hash; ``actions``
-  are the first chunk's and the others' (``action_of(operation)``).
+  chunks (``_chunker.Chunk``: body, IDs, position) of a whole stream, checked and encoded,
+  as uploads send them; ``is_columnar(source)`` tells such a source.
+- For rows already in memory (a sync's difference computed in DuckDB), one table at a time::
+
+      pc = Kernels(pa, memory_pool(pa))           # pyarrow's kernels, the library's pool
+      plan = plan_columns(pa, table.schema, EntryEncoder(generation, operation))
+      checked = check_table(pc, table, plan, start=0)   # ValidationError: position, ID, rule
+      with contextlib.closing(Writer(pc)) as writer:    # one DuckDB connection
+          bodies = encode_table(writer, checked, plan, operation, size=10_000)
+
+  ``plan_columns`` judges a schema once (ValidationError for a column that cannot be sent);
+  ``check_table`` validates every column at the boundary and judges every row with the record
+  path's rules, vectorised; ``encode_table`` returns the JSON array of each chunk.
+  ``prepare`` / ``check`` / ``Writer.bodies`` are the same steps one batch at a time.
 """
 
 from .checks import check, prepare
@@ -36,6 +42,7 @@ from .extra import INSTALL_COMMAND, Kernels, memory_pool
 from .ids import ArrowIds
 from .schema import Plan, plan_columns
 from .stream import aiter_columnar, is_columnar, iter_columnar
+from .table import check_table, encode_table
 
 __all__ = [
     "INSTALL_COMMAND",
@@ -46,6 +53,8 @@ __all__ = [
     "action_of",
     "aiter_columnar",
     "check",
+    "check_table",
+    "encode_table",
     "is_columnar",
     "iter_columnar",
     "memory_pool",

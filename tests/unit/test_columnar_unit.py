@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import batch_audience as ba
 from batch_audience._chunker import Chunk, iter_chunks
 from batch_audience._columnar import (
     INSTALL_COMMAND,
@@ -1124,3 +1125,40 @@ def test_a_duckdb_error_names_the_column(monkeypatch: pytest.MonkeyPatch) -> Non
     assert chunks == []
     assert message.startswith("column 'score' cannot be written (")
     assert "cannot write this" in message
+
+
+# -- one in-memory table, checked whole then encoded (for a sync's difference) ------------------
+
+
+def test_a_table_checked_whole_is_encoded_as_a_stream_of_it_is() -> None:
+    """check_table then encode_table give the stream's bodies; a bad row raises at its
+    position; an empty table gives no body."""
+    from batch_audience._columnar import (
+        Kernels,
+        Writer,
+        check_table,
+        encode_table,
+        memory_pool,
+        plan_columns,
+    )
+    from batch_audience._validate import EntryEncoder
+
+    table = every_type(45).drop_columns(["plan"])
+    table = pa.concat_tables([table.slice(0, 20), table.slice(20)])  # two chunks
+    pc = Kernels(pa, memory_pool(pa))
+    plan = plan_columns(pa, table.schema, EntryEncoder("2", "add"))
+    checked = check_table(pc, table, plan, start=100)
+    writer = Writer(pc)
+    try:
+        bodies = encode_table(writer, checked, plan, "add", size=10)
+        empty = check_table(pc, table.slice(0, 0), plan)
+        assert encode_table(writer, empty, plan, "add") == []
+    finally:
+        writer.close()
+    expected = [bytes(c.body) for c in iter_columnar(table, Intake("2", "add"), size=10)]
+    assert [bytes(b) for b in bodies] == expected
+    ids = table.column("id").to_pylist()
+    ids[33] = ""
+    with pytest.raises(ba.ValidationError) as info:
+        check_table(pc, table.set_column(0, "id", pa.array(ids)), plan, start=100)
+    assert info.value.position == 133
