@@ -262,9 +262,10 @@ def plain_list(pa: Any, pc: Kernels, column: Any) -> Any:
     returns an invalid array (its last offset is never written).
     """
     type_ = column.type
-    if (pa.types.is_list(type_) or pa.types.is_large_list(type_)) and (
+    plain = (pa.types.is_list(type_) or pa.types.is_large_list(type_)) and (
         pa.types.is_string(type_.value_type) or pa.types.is_large_string(type_.value_type)
-    ):
+    )
+    if plain and not _hidden_items(pa, pc, column):
         return column
     items = plain_text(pa, pc, pc.list_flatten(column))
     lengths = pc.fill_null(pc.cast(pc.list_value_length(column), pa.int64()), 0)
@@ -272,6 +273,18 @@ def plain_list(pa: Any, pc: Kernels, column: Any) -> Any:
     offsets = pa.concat_arrays([rows(pa, [0]), ends], memory_pool=pc.pool)
     mask = pc.is_null(column) if column.null_count else None
     return pa.LargeListArray.from_arrays(offsets, items, pool=pc.pool, mask=mask)
+
+
+def _hidden_items(pa: Any, pc: Kernels, column: Any) -> bool:
+    """Whether a null list of a list array spans items (valid Arrow, if rare).
+
+    ``list_flatten`` leaves those items out and ``list_parent_indices`` keeps them: the checks
+    pair the two, so such a column is rebuilt with its null lists empty.
+    """
+    if not column.null_count:
+        return False
+    offsets = _offsets(column, pa.types.is_large_list(column.type))
+    return len(pc.list_flatten(column)) != int(offsets[-1]) - int(offsets[0])
 
 
 def suspects(

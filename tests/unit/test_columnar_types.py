@@ -253,3 +253,28 @@ def test_every_other_type_is_refused_before_any_row_is_read(type_: pa.DataType) 
     with pytest.raises(ba.ValidationError, match="column 'value'"):
         list(iter_columnar(reader, Intake("2", "add")))
     assert pulled == []
+
+
+def test_a_null_list_that_spans_items_hides_them() -> None:
+    """A null list whose offsets span items (valid Arrow) sends nothing of them, and its hidden
+    items are not judged; a bad tag in a list that is not null still raises at its row.
+
+    Found by the malformed-input fuzz: the checks paired ``list_flatten`` (which skips those
+    items) with ``list_parent_indices`` (which keeps them) and failed on the lengths.
+    """
+    items = pa.array(["Bad Tag", "", "vip", "fr", "NO"])
+    offsets = pa.array([0, 2, 4, 5], pa.int32())
+    hidden = pa.ListArray.from_arrays(offsets, items, mask=pa.array([True, False, True]))
+    table = pa.table({"id": ["a", "b", "c"], "tags": hidden, "l": hidden})
+    expected, got = both(table, "1.1", "add")
+    assert got == expected
+    assert got[1] == ("", None, None)
+    assert [e.get("tags") for _, _, entries in got[0] for e in entries] == [
+        None,
+        ["vip", "fr"],
+        None,
+    ]
+    shown = pa.ListArray.from_arrays(offsets, items, mask=pa.array([True, False, False]))
+    expected, got = both(pa.table({"id": ["a", "b", "c"], "tags": shown}), "1.1", "add")
+    assert got == expected
+    assert got[1][1] == 2
