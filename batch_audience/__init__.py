@@ -16,10 +16,14 @@ reports, progress); ``_writer`` is the buffered writer for event consumers (size
 backpressure, drain) on the same intake and sender; ``_poller`` waits for indexing tokens;
 ``_checkpoint`` makes uploads resumable; ``_sync`` mirrors a source onto an audience by
 sending only the difference from the last sync, whose snapshot ``_syncstate`` keeps in a
-DuckDB file; ``_sources`` reads CSV and NDJSON files; ``_columnar`` reads columnar sources
-(the Arrow C stream: tables, DataFrames, Parquet) batch by batch, checks them vectorised and
-writes their chunks in a worker thread, with the optional C accelerator ``_speedups`` (DuckDB
-where it was not built). Data
+DuckDB file; ``_sources`` reads CSV, NDJSON and Parquet files; ``_columnar`` (a package:
+``schema``, ``checks``, ``encode``, ``ids``, ``stream``) reads columnar sources (the Arrow C
+stream: tables, DataFrames, Parquet) batch by batch, validates each column at the boundary,
+checks the rows with pyarrow's kernels and has DuckDB write their chunks, in a worker thread.
+Data flows one way, sources -> ``_intake`` or ``_columnar`` -> ``_chunker`` -> ``_sender``
+-> ``_session``, with no import circle: a stage knows nothing of the sources that feed it
+(``_chunker`` never imports ``_columnar``, ``_columnar`` never ``_sources``), and ``_upload``
+and ``_sync`` pick the path of each source. Data
 classes are in ``_models``, policies in ``_config``, the error tree in ``_exceptions``, key
 masking in ``_redact``, optional OpenTelemetry spans in ``_tracing``, the command line in
 ``_cli``. ``batch_audience.testing`` is the fake Batch server for your own tests.
@@ -30,10 +34,6 @@ from typing import Any as _Any
 
 import attrs as _attrs
 
-# Imported with the package rather than on a first columnar upload, where its import (3 ms,
-# 13 ms without a bytecode cache) would run on the caller's event loop. Its dependencies
-# (pyarrow, numpy, DuckDB) are still imported only when a columnar source is used.
-from . import _columnar  # noqa: F401
 from ._checkpoint import CheckpointError, file_fingerprint, upload_with_checkpoint
 from ._client import AudienceClient, CustomAudienceClient
 from ._config import Limits, PollPolicy, RetryPolicy, Timeouts

@@ -53,8 +53,7 @@ class Chunk:
     index: int  # 0-based chunk number in the stream
     start: int  # stream position of the first entry (positions count from the ``start`` offset)
     count: int  # entries in the body
-    # The JSON array of the entries; as EncodedIds, it goes into a request as is. A columnar
-    # chunk's is a view of memory its upload reuses once the chunk is gone.
+    # The JSON array of the entries; as EncodedIds, it goes into a request as is.
     body: bytes | memoryview = attrs.field(repr=_body_repr)
     # The distinct IDs, for per-ID ordering between chunks in flight (spec §8); read-only.
     ids: frozenset[str] | set[str] = attrs.field(repr=_ids_repr)
@@ -121,13 +120,6 @@ def aiter_chunks(
     _check_bounds(size, start)
     if isinstance(slice_size, bool) or not isinstance(slice_size, int) or slice_size < 1:
         raise ValidationError(f"slice_size must be an integer >= 1, got {slice_size!r}")
-    if hasattr(type(source), "__arrow_c_stream__"):
-        # Imported here because _columnar imports this module; the package has imported it
-        # already, so that its import (3 ms, 13 ms where Python writes no bytecode cache) does
-        # not stall the caller's loop. Its dependencies (pyarrow...) are imported when used.
-        from ._columnar import aiter_columnar
-
-        return aiter_columnar(source, intake, size=size, start=start, first=first)
     # An object that is both async and sync iterable is read the async way.
     if isinstance(source, AsyncIterable):
         _check_not_one_record(source)

@@ -1,4 +1,4 @@
-"""Streaming CSV and NDJSON readers: a file or stdin becomes records for uploads, lazily.
+"""Streaming CSV, NDJSON and Parquet readers: a file or stdin becomes records for uploads, lazily.
 
 Memory stays constant whatever the input's size: bytes are read one line at a time, each
 record is built from its own line(s), handed on and forgotten. Errors name the input, the
@@ -47,6 +47,9 @@ upload first runs ``await reader.skip_in_thread()``. For an input whose reads ca
 a pipe), ``reader.threaded()`` reads and parses in a daemon thread instead and hands over what
 has arrived, so the event loop stays free and a record written by a slow producer reaches
 the upload at once (the CLI does this for stdin).
+
+Parquet (``.parquet``): ``ParquetRecords`` is a columnar source (``_columnar``), read batch by
+batch through its Arrow C stream; it needs the data extra.
 """
 
 from __future__ import annotations
@@ -64,8 +67,12 @@ from typing import IO, Any, Final, Literal, TypeAlias
 
 import orjson
 
+from ._columnar import iter_columnar
+from ._columnar.extra import import_extra
 from ._exceptions import ValidationError
+from ._intake import Intake
 from ._models import Url
+from ._validate import MAX_ENTRIES, EntryEncoder
 
 __all__ = [
     "FORMATS",
@@ -73,8 +80,10 @@ __all__ = [
     "Format",
     "Interrupted",
     "NdjsonReader",
+    "ParquetRecords",
     "RecordReader",
     "SourceError",
+    "check_parquet",
     "guess_format",
     "open_records",
 ]
@@ -808,9 +817,6 @@ def open_records(
     if format == "parquet":
         if path == STDIN:
             raise ValidationError("Parquet cannot be read from stdin: give the file's path")
-        # Imported here: Parquet needs the optional extra (pyarrow, duckdb, numpy).
-        from ._columnar import ParquetRecords
-
         return ParquetRecords(path, skip=skip, ids_only=ids_only)
     reader_class = CsvReader if format == "csv" else NdjsonReader
     if path == STDIN:
@@ -822,3 +828,115 @@ def open_records(
         return reader_class(lines, name="<stdin>", skip=skip, ids_only=ids_only)
     file = open(path, "rb")  # noqa: SIM115 -- the reader owns it and closes it
     return reader_class(file, name=path, skip=skip, ids_only=ids_only, closer=file.close)
+
+
+# -- Parquet files, for the command line -------------------------------------------------------
+
+PARQUET_BATCH_ROWS: Final = 65_536  # rows per batch read from a Parquet file
+
+
+class ParquetRecords(RecordReader):
+    """The rows of a Parquet file as a columnar source (``upload FILE.parquet``).
+
+    Uploads read it through ``__arrow_c_stream__``, batch by batch, after the first ``skip``
+    rows (a resumed upload). With ``ids_only`` (``--mode remove``) only the ``id`` column is
+    read, so the file that filled an audience also empties it. ``line`` stays 0: a Parquet
+    file has rows, not lines, and errors name the row (``users.parquet:25001: record 25001``).
+    Iterating it gives the rows as record mappings, for callers that want records.
+    """
+
+    def __init__(self, path: str, *, skip: int = 0, ids_only: bool = False) -> None:
+        if path == STDIN:
+            # Parquet keeps its schema and row groups' places at the end of the file.
+            raise ValidationError("Parquet cannot be read from stdin: give the file's path")
+        pa, parquet = import_extra("pyarrow"), import_extra("pyarrow.parquet")
+        super().__init__((), name=path, skip=skip, ids_only=ids_only)
+        try:
+            self._file: Any = parquet.ParquetFile(path)
+        except pa.ArrowException as exc:
+            raise SourceError(f"cannot read it as Parquet: {exc}", source=path, line=0) from None
+        self._closer = self._file.close
+        self.rows: int = self._file.metadata.num_rows
+
+    def _batches(self) -> Iterator[Any]:
+        if self._started:
+            raise RuntimeError(f"{self.name}: a Parquet source can be read only once")
+        self._started = True
+        columns = ["id"] if self.ids_only and "id" in self._file.schema_arrow.names else None
+        left = self.skip
+        for batch in self._file.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+            if left >= batch.num_rows:
+                left -= batch.num_rows
+                continue
+            yield batch.slice(left) if left else batch
+            left = 0
+
+    def _schema(self) -> Any:
+        schema = self._file.schema_arrow
+        if self.ids_only and "id" in schema.names:
+            return self._pa().schema([schema.field("id")])
+        return schema
+
+    @staticmethod
+    def _pa() -> Any:
+        return import_extra("pyarrow")
+
+    def __arrow_c_stream__(self, requested_schema: object = None) -> object:
+        """The rows after ``skip`` as an Arrow C stream (read lazily, batch by batch)."""
+        reader = self._pa().RecordBatchReader.from_batches(self._schema(), self._batches())
+        return reader.__arrow_c_stream__(requested_schema)
+
+    def skip_now(self, stop: threading.Event | None = None) -> None:
+        """Nothing to do now: the stream passes the skipped rows by whole batches as it reads."""
+
+    def __iter__(self) -> Iterator[object]:
+        names = [n for n in self._schema().names if n not in ("id", "tags")]
+        self.count = self.skip
+        for batch in self._batches():
+            for row in batch.to_pylist():
+                record: dict[str, Any] = {"id": row["id"]}
+                if names:
+                    record["attributes"] = {n: row[n] for n in names if row[n] is not None}
+                if "tags" in row:
+                    record["tags"] = row["tags"]
+                self.count += 1
+                yield record
+
+
+def check_parquet(
+    path: str,
+    encoder: EntryEncoder,
+    *,
+    skip: int = 0,
+    ids_only: bool = False,
+    tick: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
+) -> int:
+    """Check a Parquet file as its upload will read it; return its row count (``skip`` included).
+
+    The very chunks the upload sends are built and dropped, so a file that passes is one the
+    upload sends whole.
+
+    Raises:
+        SourceError: the schema, or the first bad row (named by its row number).
+        OSError: the file cannot be opened.
+        Interrupted: ``stop`` was set.
+    """
+    operation = encoder.operation
+    intake = Intake(encoder.generation, "add" if operation == "replace" else operation)
+    first = Intake(encoder.generation, "replace") if operation == "replace" else None
+    with ParquetRecords(path, skip=skip, ids_only=ids_only) as records:
+        position = skip
+        try:
+            for chunk in iter_columnar(records, intake, size=MAX_ENTRIES, start=skip, first=first):
+                position = chunk.end
+                if stop is not None and stop.is_set():
+                    raise Interrupted
+                if tick is not None:
+                    tick(position)
+        except ValidationError as exc:
+            if isinstance(exc, SourceError):
+                raise
+            line = 0 if exc.position is None else exc.position + 1
+            raise SourceError.wrap(exc, source=path, line=line) from None
+        return position

@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import attrs
 import orjson
 
-from ._chunker import _check_not_one_record, _iterator, aiter_chunks
+from ._chunker import _check_not_one_record, _iterator
+from ._columnar import aiter_columnar
 from ._exceptions import UnsupportedOperation, ValidationError
 from ._intake import Intake
 from ._models import IndexingState, Progress, ProgressCallback, Records, SyncReport
@@ -303,7 +304,7 @@ async def _stage(
         if hasattr(type(source), "__arrow_c_stream__"):
             # A columnar source: the uploads' own chunker reads, checks and encodes it off
             # the loop; its chunks are split into entries in the worker.
-            async for chunk in aiter_chunks(source, intake):
+            async for chunk in aiter_columnar(source, intake):
                 await worker.run(state.append_entries, chunk.body)
                 position += chunk.count
                 report()

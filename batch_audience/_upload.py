@@ -26,6 +26,7 @@ from typing import Literal
 import attrs
 
 from ._chunker import Chunk, aiter_chunks
+from ._columnar import aiter_columnar, is_columnar
 from ._endpoints import ApiRoute, EncodedIds, Endpoints
 from ._exceptions import BatchAudienceError, RateLimitError, ValidationError
 from ._intake import Intake
@@ -167,7 +168,10 @@ async def run_upload(
 
     async def pump() -> None:
         replace_pending = replace_first
-        chunks = aiter_chunks(source, intake, size=chunk_size, start=start, first=first)
+        if is_columnar(source):
+            chunks = aiter_columnar(source, intake, size=chunk_size, start=start, first=first)
+        else:
+            chunks = aiter_chunks(source, intake, size=chunk_size, start=start, first=first)
         async for chunk in chunks:
             if replace_pending:
                 replace_pending = False

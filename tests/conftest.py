@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
 from blockbuster import BlockBuster, blockbuster_ctx
@@ -157,14 +155,3 @@ async def fake_server_process() -> AsyncIterator[ServerProcess]:
     finally:
         proc.terminate()
         await proc.wait()
-
-
-def accelerator() -> Any:
-    """The columnar path's C accelerator: a skip where it could not be built (no C compiler:
-    DuckDB then writes, and is tested), a failure on CI, whose machines have a compiler."""
-    try:
-        return importlib.import_module("batch_audience._speedups")
-    except ImportError:
-        if os.environ.get("CI"):
-            pytest.fail("the C accelerator was not built: CI machines have a C compiler")
-        pytest.skip("the C accelerator was not built here (no C compiler): DuckDB writes")

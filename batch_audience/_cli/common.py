@@ -14,11 +14,10 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 import orjson
 
 from .._client import AudienceClient, CustomAudienceClient
-from .._columnar import ParquetRecords
 from .._config import DEFAULT_API_VERSION, DEFAULT_BASE_URL
 from .._exceptions import ValidationError
 from .._redact import MASK
-from .._sources import RecordReader, SourceError
+from .._sources import ParquetRecords, RecordReader, SourceError
 from .._validate import MAX_ENTRIES, Generation
 
 if TYPE_CHECKING:

@@ -11,7 +11,16 @@ from typing import Any, Final
 
 from .._checkpoint import ResumableUpload, fingerprint, resumable
 from .._exceptions import ValidationError
-from .._sources import FORMATS, STDIN, Format, Interrupted, SourceError, guess_format, open_records
+from .._sources import (
+    FORMATS,
+    STDIN,
+    Format,
+    Interrupted,
+    SourceError,
+    check_parquet,
+    guess_format,
+    open_records,
+)
 from .._upload import DEFAULT_CONCURRENCY, Operation
 from .._validate import MAX_ENTRIES, EntryEncoder, check_audience_name
 from .common import (
@@ -286,8 +295,6 @@ def check_file(
     """
     if fmt == "parquet":
         try:
-            from .._columnar import check_parquet  # the data extra: imported only for Parquet
-
             return check_parquet(path, encoder, skip=skip, ids_only=ids_only, tick=tick, stop=stop)
         except ModuleNotFoundError as exc:
             raise UsageError(f"reading Parquet: {exc}") from None

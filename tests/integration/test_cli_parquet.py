@@ -127,8 +127,7 @@ async def test_remove_reads_only_the_ids(
     [
         ("pyarrow", {}),
         ("numpy", {}),
-        # DuckDB writes the JSON only without the C accelerator.
-        ("duckdb", {"BATCH_AUDIENCE_NO_EXTENSIONS": "1"}),
+        ("duckdb", {}),
     ],
 )
 async def test_without_the_extra_the_command_says_what_to_install(

@@ -238,3 +238,65 @@ async def test_without_the_extra_the_upload_says_what_to_install(
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'batch-audience\[data\]'"):
         await client.add("extra", ArrowStream(pa.table({"id": ["a"]})))
     assert fake_server.requests == []
+
+
+async def test_list_views_polars_categories_and_nanosecond_extremes_land_exactly(
+    client_v11: ba.CustomAudienceClient, fake_server: FakeBatchServer
+) -> None:
+    """List views (overlapping, out of order), polars Categorical and Enum (IDs, attributes,
+    tags) and nanosecond timestamps at the ends of int64 land with their exact values."""
+    import polars as pl
+
+    items = pa.array(["x", "bikes", "books", "vip", "fr"])
+    views = pa.ListViewArray.from_arrays(
+        pa.array([1, 0, 3, 1], pa.int32()), pa.array([2, 0, 2, 1], pa.int32()), items
+    )
+    large = pa.LargeListViewArray.from_arrays(
+        pa.array([3, 3, 0, 1], pa.int64()), pa.array([2, 1, 0, 2], pa.int64()), items
+    )
+    table = pa.table(
+        {
+            "id": ["u-0", "u-1", "u-2", "u-3"],
+            "interests": views,
+            "tags": large,
+            "seen": pa.array([2**63 - 1, -(2**63), 0, 1], pa.timestamp("ns", "UTC")),
+        }
+    )
+    await client_v11.create("views")
+    await client_v11.add("views", table)
+    members = fake_server.members("views", api_key=fake_server.api_key)
+    assert {rid: (m.attributes, m.tags) for rid, m in members.items()} == {
+        "u-0": (
+            {"interests": ["bikes", "books"], "date(seen)": "2262-04-11T23:47:16.854775807Z"},
+            ("vip", "fr"),
+        ),
+        "u-1": ({"interests": [], "date(seen)": "1677-09-21T00:12:43.145224192Z"}, ("vip",)),
+        "u-2": ({"interests": ["vip", "fr"], "date(seen)": "1970-01-01T00:00:00Z"}, ()),
+        "u-3": (
+            {"interests": ["bikes"], "date(seen)": "1970-01-01T00:00:00.000000001Z"},
+            ("bikes", "books"),
+        ),
+    }
+
+    frame = pl.DataFrame(
+        {
+            "id": ["p-1", "p-2", "p-3"],
+            "plan": ["pro", None, "free"],
+            "tier": ["gold", "silver", "gold"],
+            "tags": [["vip", "fr"], [], None],
+        },
+        schema={
+            "id": pl.Categorical,
+            "plan": pl.Categorical,
+            "tier": pl.Enum(["silver", "gold"]),
+            "tags": pl.List(pl.Categorical),
+        },
+    )
+    await client_v11.create("polars")
+    await client_v11.add("polars", frame)
+    members = fake_server.members("polars", api_key=fake_server.api_key)
+    assert {rid: (m.attributes, m.tags) for rid, m in members.items()} == {
+        "p-1": ({"plan": "pro", "tier": "gold"}, ("vip", "fr")),
+        "p-2": ({"tier": "silver"}, ()),
+        "p-3": ({"plan": "free", "tier": "gold"}, ()),
+    }

@@ -1,10 +1,6 @@
 """Columnar sources send exactly what the record path sends for the same rows, and refuse the same.
 
-The record path (``_chunker.iter_chunks`` over ``Intake``, with ``EntryEncoder`` as the authority)
-is the reference: for a table, its records are the table's rows (``to_pylist``) with the ``id``
-column as the ID, the ``tags`` column as the tags and every other column, null cells left out, as
-an attribute. The columnar path must give the same chunks (entries decoded, types included) and,
-for a bad row, the same ValidationError (message, position, ID) with the same chunks before it.
+The reference and how outcomes are compared: ``tests/columnar_paths.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +15,6 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import duckdb
-import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute
@@ -28,82 +23,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import batch_audience as ba
-from batch_audience import _columnar
-from batch_audience._chunker import Chunk, aiter_chunks, iter_chunks
-from batch_audience._columnar import INSTALL_COMMAND, ArrowIds, is_columnar, iter_columnar
+from batch_audience._chunker import Chunk, iter_chunks
+from batch_audience._columnar import (
+    INSTALL_COMMAND,
+    ArrowIds,
+    aiter_columnar,
+    encode,
+    extra,
+    is_columnar,
+    iter_columnar,
+    stream,
+)
 from batch_audience._intake import Intake
 from batch_audience._validate import Generation, Operation
-from tests.conftest import accelerator
-
-Outcome = tuple[list[tuple[int, int, list[dict[str, Any]]]], tuple[str, int | None, str | None]]
-
-
-def intakes(generation: Generation, operation: Operation) -> tuple[Intake, Intake | None]:
-    """The intake and first-chunk intake an upload of this operation uses (as _upload does)."""
-    intake = Intake(generation, "add" if operation == "replace" else operation)
-    first = Intake(generation, "replace") if operation == "replace" else None
-    return intake, first
-
-
-def records_of(table: pa.Table) -> Iterator[dict[str, Any]]:
-    """The table's rows as record mappings, as a user would write them."""
-    names = [n for n in table.column_names if n not in ("id", "tags")]
-    for row in table.to_pylist():
-        record: dict[str, Any] = {"id": row["id"]}
-        if names:
-            record["attributes"] = {n: row[n] for n in names if row[n] is not None}
-        if "tags" in row:
-            record["tags"] = row["tags"]
-        yield record
-
-
-@pytest.fixture(autouse=True, scope="module", params=["accelerated", "duckdb"])
-def engine(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every test here runs twice: JSON written by the C accelerator, then by DuckDB."""
-    built = _columnar._speedups
-    _columnar._speedups = accelerator() if request.param == "accelerated" else None
-    try:
-        yield request.param
-    finally:
-        _columnar._speedups = built
-
-
-def typed(value: Any) -> Any:
-    """A decoded JSON value in which a float never equals an int (1.0 is not 1 on the wire)."""
-    if isinstance(value, dict):
-        return {key: typed(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [typed(item) for item in value]
-    if isinstance(value, float):
-        return ("float", value)
-    return value
-
-
-def outcome(chunks: Iterator[Chunk]) -> Outcome:
-    """The chunks (start, count, decoded entries, floats told from ints) until the end or the
-    first error."""
-    seen: list[tuple[int, int, list[dict[str, Any]]]] = []
-    try:
-        for chunk in chunks:
-            seen.append((chunk.start, chunk.count, typed(chunk.entries())))
-    except ba.ValidationError as err:
-        return seen, (str(err), err.position, err.record_id)
-    return seen, ("", None, None)
-
-
-def both(
-    table: pa.Table,
-    generation: Generation = "2",
-    operation: Operation = "add",
-    size: int = 10,
-    start: int = 0,
-) -> tuple[Outcome, Outcome]:
-    """What the record path and the columnar path give for ``table``."""
-    intake, first = intakes(generation, operation)
-    expected = outcome(iter_chunks(records_of(table), intake, size=size, start=start, first=first))
-    intake, first = intakes(generation, operation)
-    got = outcome(iter_columnar(table, intake, size=size, start=start, first=first))
-    return expected, got
+from tests.columnar_paths import Outcome, both, intakes, outcome, records_of
 
 
 def columnar(table: object, generation: Generation = "2", operation: Operation = "add") -> Outcome:
@@ -350,7 +283,7 @@ def test_a_replace_first_chunk_has_no_action() -> None:
 
 def test_big_steps_split_into_chunks_at_the_same_places() -> None:
     """A source longer than one worker step is cut into the same chunks as the record path."""
-    rows = 2 * _columnar._STEP_ROWS + 123
+    rows = 2 * stream.STEP_ROWS + 123
     table = pa.table({"id": [f"u-{i}" for i in range(rows)], "n": list(range(rows))})
     intake = Intake("2", "add")
     got = [(c.start, c.count, c.body) for c in iter_columnar(table, intake, size=9_999)]
@@ -491,7 +424,7 @@ def _column(kind: str) -> tuple[pa.DataType, st.SearchStrategy[Any]]:
         return pa.uint64(), st.integers(0, 2**64 - 1)
     if kind == "float":
         return pa.float64(), st.floats()
-    if kind == "decimal":  # few decimals, the accelerator's own way of writing floats
+    if kind == "decimal":  # few decimals
         return pa.float64(), st.builds(
             lambda i, places: i / 10**places, st.integers(-(10**14), 10**14), st.integers(0, 9)
         )
@@ -608,16 +541,16 @@ def test_chunk_ids_overlap_like_sets() -> None:
 def test_chunk_ids_across_steps_use_the_window_and_the_fallback() -> None:
     """An ID repeated a step later, or further, is still seen as an overlap."""
     size = 1_000
-    rows = 4 * _columnar._STEP_ROWS
+    rows = 4 * stream.STEP_ROWS
     ids = [f"u-{i}" for i in range(rows)]
-    ids[_columnar._STEP_ROWS + 5] = ids[3]  # next step
-    ids[3 * _columnar._STEP_ROWS + 5] = ids[4]  # three steps later: outside the window
+    ids[stream.STEP_ROWS + 5] = ids[3]  # next step
+    ids[3 * stream.STEP_ROWS + 5] = ids[4]  # three steps later: outside the window
     chunks = list(iter_columnar(pa.table({"id": ids}), Intake("2", "add"), size=size))
     first = chunks[0]
-    assert not first.ids.isdisjoint(chunks[_columnar._STEP_ROWS // size].ids)
-    assert not chunks[3 * _columnar._STEP_ROWS // size].ids.isdisjoint(first.ids)
+    assert not first.ids.isdisjoint(chunks[stream.STEP_ROWS // size].ids)
+    assert not chunks[3 * stream.STEP_ROWS // size].ids.isdisjoint(first.ids)
     assert first.ids.isdisjoint(chunks[1].ids)
-    assert chunks[2].ids.isdisjoint(chunks[_columnar._STEP_ROWS // size + 3].ids)
+    assert chunks[2].ids.isdisjoint(chunks[stream.STEP_ROWS // size + 3].ids)
 
 
 @pytest.mark.parametrize("unit", ["s", "ms", "us"])
@@ -646,19 +579,19 @@ def test_timestamps_read_as_the_record_path_writes_them(unit: str, years: list[i
 
 def test_iso_texts_of_fixed_and_mixed_widths() -> None:
     """Arrow's timestamp texts become the wire form, in one pass or in two."""
-    pc = _columnar._Pooled(pa, pa.system_memory_pool())
+    pc = extra.Kernels(pa, pa.system_memory_pool())
     fixed = pa.array(["2024-01-02 10:00:00", "9999-12-31 23:59:59"])
-    assert _columnar._iso_utc(pa, pc, fixed).to_pylist() == [
+    assert encode._iso_utc(pa, pc, fixed).to_pylist() == [
         "2024-01-02T10:00:00Z",
         "9999-12-31T23:59:59Z",
     ]
     mixed = pa.array(["0999-01-02 10:00:00", None, "2024-01-02 10:00:00.500000"])
-    assert _columnar._iso_utc(pa, pc, mixed).to_pylist() == [
+    assert encode._iso_utc(pa, pc, mixed).to_pylist() == [
         "0999-01-02T10:00:00Z",
         None,
         "2024-01-02T10:00:00.500000Z",
     ]
-    assert _columnar._iso_utc(pa, pc, fixed.slice(1)).to_pylist() == ["9999-12-31T23:59:59Z"]
+    assert encode._iso_utc(pa, pc, fixed.slice(1)).to_pylist() == ["9999-12-31T23:59:59Z"]
 
 
 def not_utf8(texts: list[bytes]) -> pa.Array:
@@ -705,35 +638,6 @@ def test_text_that_is_not_utf8_is_refused_at_its_row(
     assert [count for _, count, _ in chunks] == [10]  # the chunk before row 12's only
 
 
-class Refusing:
-    """The accelerator, but its writer stops at the first row, as it would on a row it cannot
-    write."""
-
-    def __init__(self, real: Any) -> None:
-        self._real = real
-        self.calls = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-    def write_chunks(self, *args: Any) -> Any:
-        self.calls += 1
-        self._real.write_chunks(*args)  # the hashes are written all the same
-        return 0
-
-
-def test_duckdb_writes_a_step_the_accelerator_stops_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A row the accelerator does not write: DuckDB writes its step; the hashes stay the same."""
-    refusing = Refusing(accelerator())
-    monkeypatch.setattr(_columnar, "_speedups", refusing)
-    expected, got = both(every_type(), "2", "replace")
-    assert got == expected
-    assert refusing.calls == 3  # a step each: the first chunk, the next whole one, the rest
-    rows = [f"u-{i % 40}" for i in range(100)]
-    chunks = list(iter_columnar(pa.table({"id": rows}), Intake("2", "add"), size=10))
-    assert not chunks[4].ids.isdisjoint(chunks[0].ids)  # a repeat found from the same hashes
-
-
 @pytest.mark.parametrize("unit", ["s", "ms", "us", "ns"])
 def test_timestamps_of_any_unit_and_fraction(unit: str) -> None:
     """Timestamps are written as _timestamp_text writes them: fractions of 6 or 9 digits."""
@@ -748,8 +652,8 @@ def test_timestamps_of_any_unit_and_fraction(unit: str) -> None:
     ]
     column = pa.array(values, pa.int64()).cast(pa.timestamp(unit, "UTC"))
     table = pa.table({"id": [f"u-{i}" for i in range(len(values))], "t": column})
-    pc = _columnar._Pooled(pa, pa.system_memory_pool())
-    texts = _columnar._timestamp_text(pa, pc, column, unit, None).to_pylist()
+    pc = extra.Kernels(pa, pa.system_memory_pool())
+    texts = encode.timestamp_text(pa, pc, column, unit).to_pylist()
     chunks, error = columnar(table)
     assert error == ("", None, None)
     assert [e["attributes"]["date(t)"] for _, _, entries in chunks for e in entries] == texts
@@ -760,26 +664,6 @@ def test_timestamps_of_any_unit_and_fraction(unit: str) -> None:
         assert "2023-11-14T22:13:20.999999999Z" in texts
     else:  # 64-bit nanoseconds reach back to 1677 only
         assert texts[0] == "0001-01-01T00:00:00Z" and "9999-12-31T23:59:59Z" in texts
-
-
-def test_bodies_held_stay_whole_and_memory_is_reused_once_they_are_gone(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A body is never written over while it is held; once a step's bodies are gone, the next
-    step is written into the same memory (the accelerator's arena)."""
-    monkeypatch.setattr(_columnar, "_STEP_ROWS", 300)  # steps of 1, 2, then 3 chunks
-    table = pa.table({"id": [f"u-{i}" for i in range(2_000)], "n": list(range(2_000))})
-    intake = Intake("2", "add")
-    held = list(iter_columnar(table, intake, size=100))
-    expected = list(iter_chunks(records_of(table), Intake("2", "add"), size=100))
-    assert [typed(c.entries()) for c in held] == [typed(c.entries()) for c in expected]
-    starts = set()
-    for chunk in iter_columnar(table, intake, size=100):
-        if chunk.index >= 3 and chunk.index % 3 == 0:  # the first chunk of a 3-chunk step
-            starts.add(np.frombuffer(chunk.body, dtype=np.uint8).ctypes.data)
-        del chunk
-    if _columnar._speedups is not None:  # DuckDB's bodies are bytes, each allocated anew
-        assert len(starts) == 1
 
 
 @pytest.mark.parametrize(
@@ -818,7 +702,7 @@ def test_batches_are_read_into_memory_of_the_library() -> None:
 def test_an_upload_allocates_from_its_own_pool_and_leaves_the_default() -> None:
     """Batches are copied into the library's pool (jemalloc's where pyarrow has it); the
     process's default pool stays the application's."""
-    pool = _columnar._memory_pool(pa)
+    pool = extra.memory_pool(pa)
     assert pool.backend_name in ("jemalloc", "system")
     default = pa.default_memory_pool().backend_name
     before = pool.bytes_allocated()
@@ -840,12 +724,12 @@ def test_any_repeats_between_chunks_are_found_like_sets(
 ) -> None:
     """Whatever the IDs repeat and however steps cut them, chunks overlap exactly as sets do."""
     rows = [f"u-{p}" for p in picks]
-    original = _columnar._STEP_ROWS
-    _columnar._STEP_ROWS = step_rows  # steps of one to a few chunks: the window is crossed
+    original = stream.STEP_ROWS
+    stream.STEP_ROWS = step_rows  # steps of one to a few chunks: the window is crossed
     try:
         chunks = list(iter_columnar(pa.table({"id": rows}), Intake("2", "add"), size=size))
     finally:
-        _columnar._STEP_ROWS = original
+        stream.STEP_ROWS = original
     plain = [set(rows[c.start : c.end]) for c in chunks]
     for later in range(len(chunks)):
         for earlier in range(later):
@@ -911,10 +795,10 @@ async def test_aiter_chunks_reads_columns_off_the_event_loop(
 
         return call
 
-    monkeypatch.setattr(_columnar._Stream, "next_step", spy("read", _columnar._Stream.next_step))
-    monkeypatch.setattr(_columnar._Encoder, "chunks", spy("encode", _columnar._Encoder.chunks))
-    monkeypatch.setattr(_columnar, "_import", spy("import", _columnar._import))
-    got = [c async for c in aiter_chunks(table, Intake("2", "add"), size=10)]
+    monkeypatch.setattr(stream._Stream, "next_step", spy("read", stream._Stream.next_step))
+    monkeypatch.setattr(stream._Encoder, "chunks", spy("encode", stream._Encoder.chunks))
+    monkeypatch.setattr(stream, "import_extra", spy("import", stream.import_extra))
+    got = [c async for c in aiter_columnar(table, Intake("2", "add"), size=10)]
 
     def expected() -> list[tuple[int, Any]]:  # off the loop too: to_pylist imports zoneinfo
         chunks = iter_chunks(records_of(table), Intake("2", "add"), size=10)
@@ -928,23 +812,23 @@ async def test_aiter_chunks_reads_columns_off_the_event_loop(
 async def test_a_consumer_that_stops_early_closes_the_stream() -> None:
     """Leaving the iteration early closes the stream once its worker step is done."""
     closed = threading.Event()
-    original = _columnar._Stream.close
+    original = stream._Stream.close
 
-    def spy(self: _columnar._Stream) -> None:
+    def spy(self: stream._Stream) -> None:
         original(self)
         closed.set()
 
-    rows = 3 * _columnar._STEP_ROWS
+    rows = 3 * stream.STEP_ROWS
     table = pa.table({"id": [f"u-{i}" for i in range(rows)]})
-    _columnar._Stream.close = spy  # type: ignore[method-assign]
+    stream._Stream.close = spy  # type: ignore[method-assign]
     try:
-        chunks = aiter_chunks(table, Intake("2", "add"), size=10_000)
+        chunks = aiter_columnar(table, Intake("2", "add"), size=10_000)
         first = await anext(chunks)
         await chunks.aclose()  # type: ignore[attr-defined]
         assert first.start == 0
         assert await asyncio.to_thread(closed.wait, 30)
     finally:
-        _columnar._Stream.close = original  # type: ignore[method-assign]
+        stream._Stream.close = original  # type: ignore[method-assign]
 
 
 async def test_steps_are_encoded_before_the_consumer_asks_for_them(
@@ -952,22 +836,22 @@ async def test_steps_are_encoded_before_the_consumer_asks_for_them(
 ) -> None:
     """While the loop holds the first chunk, the next steps are read and encoded already."""
     encoded = threading.Semaphore(0)
-    original = _columnar._Encoder.bodies
+    original = stream._Encoder.chunks
 
-    def spy(self: _columnar._Encoder, job: Any) -> list[bytes]:
-        bodies = original(self, job)
+    def spy(self: stream._Encoder, step: Any) -> list[Chunk]:
+        chunks = original(self, step)
         encoded.release()
-        return bodies
+        return chunks
 
-    monkeypatch.setattr(_columnar._Encoder, "bodies", spy)
-    rows = (_columnar._AHEAD + 2) * _columnar._STEP_ROWS
+    monkeypatch.setattr(stream._Encoder, "chunks", spy)
+    rows = (stream.AHEAD + 2) * stream.STEP_ROWS
     table = pa.table({"id": [f"u-{i}" for i in range(rows)]})
-    chunks = aiter_chunks(table, Intake("2", "add"), size=10_000)
+    chunks = aiter_columnar(table, Intake("2", "add"), size=10_000)
     try:
         first = await anext(chunks)
         assert first.start == 0
         # The first step and the ones queued behind it: encoded with no further request.
-        for _ in range(_columnar._AHEAD):
+        for _ in range(stream.AHEAD):
             assert await asyncio.to_thread(encoded.acquire, True, 30)
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]
@@ -980,7 +864,7 @@ def test_without_the_extra_the_error_names_the_install_command(
     """Without pyarrow, duckdb or numpy, a columnar source raises an error naming the install."""
     monkeypatch.setitem(sys.modules, missing, None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'batch-audience\[data\]'") as info:
-        aiter_chunks(ArrowStream(pa.table({"id": ["a"]})), Intake("2", "add"))
+        aiter_columnar(ArrowStream(pa.table({"id": ["a"]})), Intake("2", "add"))
     assert info.value.name == missing
     assert INSTALL_COMMAND in str(info.value)
 
@@ -1089,9 +973,10 @@ def test_a_stream_that_fails_mid_way_raises_its_error() -> None:
         next(chunks)
 
 
-def test_batches_are_read_one_ahead_from_the_second_on() -> None:
-    """The first batch alone (the first request waits for it), then each next one as soon as
-    the last is copied; an error met ahead is raised in its turn."""
+def test_batches_are_read_one_ahead_from_the_second_step_on() -> None:
+    """The first step reads only what it needs (the first request waits for it); from the
+    second on, the next batch is read as soon as the last is taken; an error met ahead is
+    raised in its turn, after the rows read before it."""
     schema = pa.schema([("id", pa.string())])
     pulled: list[object] = []
 
@@ -1104,17 +989,17 @@ def test_batches_are_read_one_ahead_from_the_second_on() -> None:
 
     intake = Intake("2", "add")
     reader = pa.RecordBatchReader.from_batches(schema, batches())
-    stream = _columnar._Stream(reader, intake, intake, 10, 0, prefetch=False)
+    steps = stream._Stream(reader, intake, intake, 10, 0)
     try:
         counts = []
-        for expected in ([0], [0, 1, 2], [0, 1, 2, 3], [0, 1, 2, 3, "error"]):
-            counts.append(sum(count for _, _, count, _ in stream.next_step().places))
+        for expected in ([0], [0, 1, 2, 3], [0, 1, 2, 3, "error"]):
+            counts.append([count for _, _, count, _ in steps.next_step().places])
             assert pulled == expected
-        assert counts == [10, 10, 10, 10]
+        assert counts == [[10], [10, 10], [10]]
         with pytest.raises(OSError, match="the disk went away"):
-            stream.next_step()
+            steps.next_step()
     finally:
-        stream.close()
+        steps.close()
 
 
 def test_integers_at_every_digit_count() -> None:
@@ -1139,61 +1024,24 @@ def test_integers_at_every_digit_count() -> None:
 def test_steps_grow_from_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     """The first step is one chunk, then 2, 4... up to the step size: the first requests go
     out early and the next are ready while the server reads them."""
-    monkeypatch.setattr(_columnar, "_STEP_ROWS", 80)
+    monkeypatch.setattr(stream, "STEP_ROWS", 80)
     intake = Intake("2", "add")
     table = pa.table({"id": [f"u-{i}" for i in range(395)]})
-    stream = _columnar._Stream(table, intake, intake, 10, 0, prefetch=False)
+    steps = stream._Stream(table, intake, intake, 10, 0)
     try:
         sizes = []
-        while places := stream.next_step().places:
+        while places := steps.next_step().places:
             sizes.append([count for _, _, count, _ in places])
     finally:
-        stream.close()
+        steps.close()
     assert [len(step) for step in sizes] == [1, 2, 4, 8, 8, 8, 8, 1]
     assert [count for step in sizes for count in step] == [10] * 39 + [5]
-
-
-def test_a_stream_stopped_on_a_bad_row_has_no_reading_thread_left() -> None:
-    """Once the error is raised, the reading thread is gone: none is left inside the source
-    when a script ends there (the interpreter aborted when it was)."""
-    schema = pa.schema([("id", pa.string())])
-
-    def batches() -> Iterator[pa.RecordBatch]:
-        for number in range(50):
-            yield pa.record_batch({"id": [f"u-{number}-{i}" for i in range(10)]}, schema=schema)
-
-    ids = [f"u-{i}" for i in range(60)]
-    ids[50] = ""
-    for source in (pa.table({"id": ids}), pa.RecordBatchReader.from_batches(schema, batches())):
-        if isinstance(source, pa.RecordBatchReader):
-            chunks = iter_columnar(source, Intake("2", "add"), size=10)
-            next(chunks)
-            chunks.close()  # type: ignore[attr-defined]
-        else:
-            with pytest.raises(ba.ValidationError):
-                list(iter_columnar(source, Intake("2", "add"), size=7))
-        reading = [t for t in threading.enumerate() if t.name == "batch-audience-columnar-read"]
-        assert reading == []
-
-
-def test_the_reading_thread_stops_with_the_stream() -> None:
-    """Leaving a stream early stops its prefetching thread (no thread outlives the upload)."""
-    table = pa.table({"id": [f"u-{i}" for i in range(3 * _columnar._STEP_ROWS)]})
-    before = {t.name for t in threading.enumerate()}
-    chunks = iter_columnar(table.to_reader(max_chunksize=1_000), Intake("2", "add"), size=10_000)
-    next(chunks)
-    chunks.close()  # type: ignore[attr-defined]
-    for _ in range(200):
-        if not any(t.name == "batch-audience-columnar-read" for t in threading.enumerate()):
-            break
-        threading.Event().wait(0.05)
-    assert "batch-audience-columnar-read" not in {t.name for t in threading.enumerate()} - before
 
 
 def test_chunk_ids_over_irregular_batches_match_sets() -> None:
     """Batches that make steps of uneven sizes: every nearby pair of chunks answers as sets do."""
     size = 500
-    rows = 3 * _columnar._STEP_ROWS
+    rows = 3 * stream.STEP_ROWS
     ids = [f"u-{i}" for i in range(rows)]
     for i in range(0, rows, 4_999):  # an ID repeated ~3 chunks later, every ~10 chunks
         ids[min(rows - 1, i + 1_600)] = ids[i]
@@ -1230,3 +1078,87 @@ def test_a_pandas_unnamed_index_is_not_sent() -> None:
     # Without pandas' metadata, such a name is an ordinary attribute column.
     plain = pa.table({"id": ["a"], "__index_level_0__": [10]})
     assert columnar(plain)[0][0][2][0]["attributes"] == {"__index_level_0__": 10}
+
+
+# -- an engine's error is a ValidationError naming the column ----------------------------------
+
+
+def test_an_arrow_error_in_a_column_step_names_the_column(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An Arrow error while a column is checked becomes a ValidationError naming that column;
+    running out of memory stays what it is."""
+    from batch_audience._columnar import checks
+
+    original = checks._attribute_rows
+
+    def failing(pa_: Any, pc: Any, kind: str, column: Any) -> Any:
+        if kind == "float":
+            raise pa.ArrowNotImplementedError("no kernel for this")
+        return original(pa_, pc, kind, column)
+
+    monkeypatch.setattr(checks, "_attribute_rows", failing)
+    table = pa.table({"id": ["a", "b"], "plan": ["x", "y"], "score": [1.5, 2.5]})
+    chunks, (message, position, rid) = columnar(table)
+    assert chunks == []
+    assert message == "column 'score' cannot be read (ArrowNotImplementedError: no kernel for this)"
+    assert (position, rid) == (None, None)
+
+    def out_of_memory(*args: Any) -> Any:
+        raise pa.ArrowMemoryError("malloc failed")
+
+    monkeypatch.setattr(checks, "_attribute_rows", out_of_memory)
+    with pytest.raises(pa.ArrowMemoryError):
+        list(iter_columnar(table, Intake("2", "add")))
+
+
+def test_a_duckdb_error_names_the_column(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB failing to write a step becomes a ValidationError naming the column it fails on."""
+    original = encode._value_sql
+
+    def failing(plan: Any, number: int, quoted: frozenset[int] = frozenset()) -> list[str]:
+        if number == 2:
+            return ["error('cannot write this')"]
+        return original(plan, number, quoted)
+
+    monkeypatch.setattr(encode, "_value_sql", failing)
+    table = pa.table({"id": ["a", "b"], "plan": ["x", "y"], "score": [1.5, 2.5]})
+    chunks, (message, _, _) = columnar(table)
+    assert chunks == []
+    assert message.startswith("column 'score' cannot be written (")
+    assert "cannot write this" in message
+
+
+# -- one in-memory table, checked whole then encoded (for a sync's difference) ------------------
+
+
+def test_a_table_checked_whole_is_encoded_as_a_stream_of_it_is() -> None:
+    """check_table then encode_table give the stream's bodies; a bad row raises at its
+    position; an empty table gives no body."""
+    from batch_audience._columnar import (
+        Kernels,
+        Writer,
+        check_table,
+        encode_table,
+        memory_pool,
+        plan_columns,
+    )
+    from batch_audience._validate import EntryEncoder
+
+    table = every_type(45).drop_columns(["plan"])
+    table = pa.concat_tables([table.slice(0, 20), table.slice(20)])  # two chunks
+    pc = Kernels(pa, memory_pool(pa))
+    plan = plan_columns(pa, table.schema, EntryEncoder("2", "add"))
+    checked = check_table(pc, table, plan, start=100)
+    writer = Writer(pc)
+    try:
+        bodies = encode_table(writer, checked, plan, "add", size=10)
+        empty = check_table(pc, table.slice(0, 0), plan)
+        assert encode_table(writer, empty, plan, "add") == []
+    finally:
+        writer.close()
+    expected = [bytes(c.body) for c in iter_columnar(table, Intake("2", "add"), size=10)]
+    assert [bytes(b) for b in bodies] == expected
+    ids = table.column("id").to_pylist()
+    ids[33] = ""
+    with pytest.raises(ba.ValidationError) as info:
+        check_table(pc, table.set_column(0, "id", pa.array(ids)), plan, start=100)
+    assert info.value.position == 133
